@@ -1,0 +1,62 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// srv: an application server for web applications compiled as shared objects.
+// Layout: PluginSDK/ is the gateway spec (C header) and the Swift SDK for plugins,
+// Sources/ is the server, Examples/ are applications, Tests/ drive the real binary.
+
+let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "srv",
+    products: [
+        .executable(name: "srv", targets: ["srv"]),
+        .library(name: "SrvPlugin", targets: ["SrvPlugin"]),
+        // The blog example, a Swift plugin: SwiftPM builds it as libblog.so.
+        .library(name: "blog", type: .dynamic, targets: ["Blog", "BlogExport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // MARK: - The gateway spec and the Swift SDK
+        .target(name: "SrvGateway", path: "PluginSDK/C", publicHeadersPath: "include"),
+        .target(name: "SrvPlugin", dependencies: ["SrvGateway"], path: "PluginSDK/Swift",
+                swiftSettings: swift5),
+
+        // MARK: - The server
+        .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi",
+                       providers: [.apt(["libffi-dev"])]),
+        .target(name: "CSrvSystem", path: "Sources/CSrvSystem"),
+        .target(name: "SrvCore",
+                dependencies: [
+                    "SrvGateway", "CFFI", "CSrvSystem",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "NIOHTTP1", package: "swift-nio"),
+                    .product(name: "Logging", package: "swift-log"),
+                ],
+                path: "Sources/SrvCore", swiftSettings: swift5),
+        .executableTarget(name: "srv",
+                          dependencies: [
+                              "SrvCore",
+                              .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                          ],
+                          path: "Sources/srv", swiftSettings: swift5),
+
+        // MARK: - Examples
+        .systemLibrary(name: "CSQLite", path: "Examples/blog/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "Blog", dependencies: ["SrvPlugin", "CSQLite"], path: "Examples/blog/Sources/Blog",
+                swiftSettings: swift5),
+        .target(name: "BlogExport", dependencies: ["SrvGateway"], path: "Examples/blog/Sources/BlogExport"),
+
+        // MARK: - Tests
+        .testTarget(name: "SrvCoreTests", dependencies: ["SrvCore"], path: "Tests/SrvCoreTests",
+                    swiftSettings: swift5),
+        .testTarget(name: "IntegrationTests", dependencies: [], path: "Tests/IntegrationTests",
+                    swiftSettings: swift5),
+    ]
+)
