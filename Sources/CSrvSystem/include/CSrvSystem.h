@@ -1,0 +1,80 @@
+/*
+ * CSrvSystem: the few things srv needs from C.
+ *  - posix_spawn with listener fds placed at 3.. (the master never fork()s a Swift process);
+ *  - libffi closures that turn a request slot's Swift callbacks into the plain C function
+ *    pointers the gateway spec hands to applications;
+ *  - signalfd, memfd and SHA-256, which Swift's Glibc module does not expose conveniently.
+ * Every function is prefixed with the target's name (srv_sys_).
+ */
+#ifndef CSRVSYSTEM_H
+#define CSRVSYSTEM_H
+
+#include <srv/gateway.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* MARK: - Processes */
+
+/**
+ * Starts `path` with `argv` and `envp`; `fds[i]` becomes fd 3+i in the child and every
+ * other fd above 2 is closed. The child starts with an empty signal mask and default
+ * signal dispositions. Returns 0 and sets *pid, or an errno value.
+ */
+int srv_sys_spawn(const char *path, char *const argv[], char *const envp[], const int *fds,
+                  int nfds, pid_t *pid);
+
+/** pipe2(fds, O_CLOEXEC). */
+int srv_sys_pipe_cloexec(int fds[2]);
+
+/** Asks the kernel to send `sig` to this process when its parent exits. */
+int srv_sys_set_parent_death_signal(int sig);
+
+/* MARK: - Signals */
+
+/** Blocks `signals` in the calling thread and returns a non-blocking signalfd for them. */
+int srv_sys_signalfd(const int *signals, int count);
+/** Reads one signal from a signalfd: its number, or 0 when none is pending, -1 on error. */
+int srv_sys_signalfd_read(int fd);
+/** Unblocks every signal in the calling thread. */
+void srv_sys_unblock_all_signals(void);
+
+/* MARK: - Shared memory */
+
+/** memfd_create(name, MFD_CLOEXEC) sized to `size`; -1 on error. */
+int srv_sys_memfd(const char *name, size_t size);
+
+/* MARK: - Hashing */
+
+/** SHA-256 of `len` bytes. */
+void srv_sys_sha256(const void *data, size_t len, uint8_t out[32]);
+
+/* MARK: - Request callables bound with libffi closures */
+
+/** What a request slot implements; `context` is passed back as the first argument. */
+typedef struct srv_sys_request_callbacks {
+    void *context;
+    srv_write_fn (*start_response)(void *context, const char *status, const srv_header *headers,
+                                   size_t header_count, const srv_exc_info *exc_info);
+    int (*write)(void *context, const void *data, size_t len);
+    ssize_t (*read)(void *context, void *buf, size_t n);
+    void (*error)(void *context, const char *msg, size_t len);
+} srv_sys_request_callbacks;
+
+/** The plain C function pointers an application receives, bound to one slot. */
+typedef struct srv_sys_request_closures {
+    srv_start_response_fn start_response;
+    srv_write_fn write;
+    ssize_t (*read)(void *buf, size_t n);
+    void (*error)(const char *msg, size_t len);
+    void *state; /* owned by CSrvSystem */
+} srv_sys_request_closures;
+
+/**
+ * Creates the four closures of a request slot. They live as long as the slot (slots are
+ * pooled and reused, so closures are made once, never per request). Returns 0 or -1.
+ */
+int srv_sys_closures_create(const srv_sys_request_callbacks *callbacks,
+                            srv_sys_request_closures *out);
+
+#endif

@@ -1,0 +1,607 @@
+import CSrvSystem
+import Glibc
+import NIOCore
+import NIOHTTP1
+import SrvGateway
+
+/// The C-side memory of one request in flight, and the gateway callables bound to it.
+///
+/// A slot owns the `srv_environ` and everything it points to, the response being built,
+/// and four libffi closures (start_response, write, input read, error write) made once
+/// when the slot is created. Slots are pooled: a request takes one, and gives it back
+/// after srv has called the body's close, which is when the spec lets its pointers die.
+final class RequestSlot {
+    enum State { case idle, awaitingStart, started, streaming }
+
+    /// What the connection does with the response once the application has returned.
+    enum Outcome {
+        /// `out` is the whole response.
+        case complete
+        /// `out` is the head (and anything written); pull the iterator.
+        case iterate
+        /// `out` is the head; then send `length` bytes of `fd` from `offset`.
+        case file(fd: Int32, offset: Int, length: Int)
+    }
+
+    let context: GatewayContext
+    let environ = UnsafeMutablePointer<srv_environ>.allocate(capacity: 1)
+    let input = UnsafeMutablePointer<srv_input>.allocate(capacity: 1)
+    let errors = UnsafeMutablePointer<srv_errors>.allocate(capacity: 1)
+    let body = UnsafeMutablePointer<srv_body>.allocate(capacity: 1)
+    private var headers: UnsafeMutablePointer<srv_header>
+    private var headerCapacity = 32
+    private let extensions = UnsafeMutablePointer<srv_header>.allocate(capacity: 5)
+    private var arena: UnsafeMutableRawPointer
+    private var arenaCapacity = 4096
+    private var arenaUsed = 0
+    private var closures = srv_sys_request_closures()
+
+    // MARK: Per-request state
+    private(set) var app: MountedApp?
+    var requestBody: RequestBody
+    private var readOffset = 0
+    /// The response as it is built: the head, then body bytes in the chosen framing.
+    var out: ByteBuffer
+    private(set) var state = State.idle
+    private(set) var status = 0
+    private var appContentLength: Int?
+    private(set) var bodyBytes = 0
+    private(set) var chunked = false
+    private var bodyless = false
+    private(set) var rule: String?
+    private var bodyClosed = true
+    var isHead = false
+    var http10 = false
+    var keepAlive = true
+    /// "GET /path" for logs and the scoreboard.
+    var requestLine = ""
+    private var requestIDText = [UInt8](repeating: 0, count: 24)
+
+    init(context: GatewayContext) {
+        self.context = context
+        headers = .allocate(capacity: headerCapacity)
+        arena = .allocate(byteCount: arenaCapacity, alignment: 8)
+        out = ByteBufferAllocator().buffer(capacity: 1024)
+        requestBody = RequestBody(memoryLimit: context.bodyMemoryLimit, spoolDirectory: context.spoolDirectory)
+        var callbacks = srv_sys_request_callbacks()
+        callbacks.context = Unmanaged.passUnretained(self).toOpaque()
+        callbacks.start_response = { ctx, status, headers, count, exc in
+            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue()
+                .startResponse(status: status, headers: headers, count: count, excInfo: exc)
+        }
+        callbacks.write = { ctx, data, len in
+            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().write(data, len)
+        }
+        callbacks.read = { ctx, buf, n in
+            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().read(buf, n)
+        }
+        callbacks.error = { ctx, msg, len in
+            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().logError(msg, len)
+        }
+        guard srv_sys_closures_create(&callbacks, &closures) == 0 else {
+            fatalError("libffi could not allocate closures (out of executable memory?)")
+        }
+        input.pointee = srv_input(size: MemoryLayout<srv_input>.size, length: 0, read: closures.read)
+        errors.pointee = srv_errors(size: MemoryLayout<srv_errors>.size, write: closures.error)
+    }
+
+    var startResponse: srv_start_response_fn { closures.start_response }
+
+    // MARK: - Building environ
+
+    private func reserveArena(_ bytes: Int) {
+        arenaUsed = 0
+        if bytes > arenaCapacity {
+            arena.deallocate()
+            arenaCapacity = max(bytes, arenaCapacity * 2)
+            arena = .allocate(byteCount: arenaCapacity, alignment: 8)
+        }
+    }
+
+    @inline(__always)
+    private func put(_ bytes: UnsafeRawBufferPointer) -> srv_str {
+        let start = arena + arenaUsed
+        if bytes.count > 0 { start.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        start.storeBytes(of: 0, toByteOffset: bytes.count, as: UInt8.self)
+        arenaUsed += bytes.count + 1
+        return srv_str(ptr: start.assumingMemoryBound(to: CChar.self), len: bytes.count)
+    }
+
+    @inline(__always)
+    private func put(_ s: String) -> srv_str {
+        var s = s
+        return s.withUTF8 { put(UnsafeRawBufferPointer($0)) }
+    }
+
+    private static let empty: srv_str = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
+        p[0] = 0
+        return srv_str(ptr: p, len: 0)
+    }()
+
+    /// Fills environ for `head` and routes it. Returns nil when no mount matches, or
+    /// throws a client error for a malformed target.
+    func prepare(head: HTTPRequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> MountedApp? {
+        var uri = head.uri
+        // Room for every string we copy: the target twice (raw and decoded), headers,
+        // method, and the connection's strings, each with its NUL.
+        var need = uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + connection.byteCount
+        for (name, value) in head.headers { need += name.utf8.count + value.utf8.count + 2 }
+        reserveArena(need)
+        if head.headers.count > headerCapacity {
+            headers.deallocate()
+            headerCapacity = head.headers.count * 2
+            headers = .allocate(capacity: headerCapacity)
+        }
+        var e = srv_environ()
+        e.size = MemoryLayout<srv_environ>.size
+        e.request_method = put(head.method.rawValue)
+        e.request_uri = uri.withUTF8 { put(UnsafeRawBufferPointer($0)) }
+
+        // The path: strip an absolute-form prefix, split off the query, percent-decode.
+        let routed: MountedApp? = try uri.withUTF8 { raw -> MountedApp? in
+            var path = UnsafeRawBufferPointer(raw)
+            if let first = path.first, first != UInt8(ascii: "/") {
+                if let r = Self.absoluteFormPath(path) { path = r } else if !(path.count == 1 && first == UInt8(ascii: "*")) {
+                    throw ClientError.badRequest("the request target must start with \"/\"")
+                }
+            }
+            var query = UnsafeRawBufferPointer(start: nil, count: 0)
+            if let q = path.firstIndex(of: UInt8(ascii: "?")) {
+                query = UnsafeRawBufferPointer(rebasing: path[(q + 1)...])
+                path = UnsafeRawBufferPointer(rebasing: path[..<q])
+            }
+            if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
+            e.query_string = query.count == 0 ? Self.empty : put(query)
+            let decoded = try percentDecode(path)
+            guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return nil }
+            let m = app.scriptName.count
+            e.script_name = app.scriptName.str
+            e.path_info = srv_str(ptr: decoded.ptr! + m, len: decoded.len - m)
+            return app
+        }
+        guard let app = routed else { return nil }
+        self.app = app
+
+        var count = 0
+        e.content_type = Self.empty
+        e.content_length = Self.empty
+        var host: srv_str?
+        for (name, value) in head.headers {
+            // Names with "_" would collide with CGI names once mapped to HTTP_*; drop them.
+            if name.utf8.contains(UInt8(ascii: "_")) { continue }
+            let n = put(name), v = put(value)
+            headers[count] = srv_header(name: n, value: v)
+            count += 1
+            switch name.utf8.count {
+            case 12 where Self.equalsLower(n, "content-type"): e.content_type = v
+            case 4 where Self.equalsLower(n, "host"): host = v
+            default: break
+            }
+        }
+        e.headers = UnsafePointer(headers)
+        e.header_count = count
+        if let host = host, host.len > 0 {
+            // SERVER_NAME is the Host header without its port.
+            var len = host.len
+            if host.ptr[0] != CChar(UInt8(ascii: "[")) {
+                if let colon = UnsafeRawBufferPointer(start: host.ptr, count: host.len).firstIndex(of: UInt8(ascii: ":")) { len = colon }
+            } else if let close = UnsafeRawBufferPointer(start: host.ptr, count: host.len).firstIndex(of: UInt8(ascii: "]")) {
+                len = close + 1
+            }
+            e.server_name = put(UnsafeRawBufferPointer(start: host.ptr, count: len))
+        } else {
+            e.server_name = put(connection.serverName)
+        }
+        e.server_port = put(connection.serverPort)
+        e.server_protocol = http10 ? Self.http10 : Self.http11
+        e.remote_addr = put(connection.remoteAddress)
+        e.remote_port = connection.remotePort.isEmpty ? Self.empty : put(connection.remotePort)
+        e.url_scheme = connection.scheme == "https" ? Self.https : Self.http
+        e.input = input
+        e.errors = errors
+        e.multithread = context.multithread ? 1 : 0
+        e.multiprocess = context.multiprocess ? 1 : 0
+        e.run_once = 0
+        let idLength = Self.formatDecimal(requestID, into: &requestIDText)
+        extensions[0] = srv_header(name: Self.keyVersion, value: context.versionString.str)
+        extensions[1] = srv_header(name: Self.keyRequestID, value: requestIDText.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<idLength])) })
+        extensions[2] = srv_header(name: Self.keyWorkerPID, value: context.workerPID.str)
+        extensions[3] = srv_header(name: Self.keyGeneration, value: context.generation.str)
+        extensions[4] = srv_header(name: Self.keyAppHash, value: app.appHash.str)
+        e.extensions = UnsafePointer(extensions)
+        e.extension_count = 5
+        environ.pointee = e
+        return app
+    }
+
+    /// Sets CONTENT_LENGTH and wsgi.input once the body has been read completely.
+    func bodyComplete() {
+        let length = requestBody.length
+        input.pointee.length = Int64(length)
+        if length > 0 || environ.pointee.content_length.len > 0 {
+            var digits = [UInt8](repeating: 0, count: 24)
+            let n = Self.formatDecimal(UInt64(length), into: &digits)
+            // The arena was sized with room to spare for this.
+            environ.pointee.content_length = digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        }
+        readOffset = 0
+    }
+
+    func noteContentLengthHeader() {
+        environ.pointee.content_length = srv_str(ptr: Self.empty.ptr, len: 0)
+    }
+
+    private func percentDecode(_ path: UnsafeRawBufferPointer) throws -> srv_str {
+        guard path.contains(UInt8(ascii: "%")) else { return put(path) }
+        let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
+        var n = 0, i = 0
+        while i < path.count {
+            let c = path[i]
+            if c == UInt8(ascii: "%") {
+                guard i + 2 < path.count + 0, i + 2 <= path.count - 1,
+                      let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
+                    throw ClientError.badRequest("invalid percent-encoding in the request path")
+                }
+                start[n] = hi << 4 | lo
+                i += 3
+            } else {
+                start[n] = c
+                i += 1
+            }
+            n += 1
+        }
+        start[n] = 0
+        arenaUsed += n + 1
+        return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
+    }
+
+    // MARK: - The callables
+
+    private func breakRule(_ text: String) {
+        if rule == nil { rule = text }
+    }
+
+    func startResponse(status: UnsafePointer<CChar>?, headers: UnsafePointer<srv_header>?, count: Int,
+                       excInfo: UnsafePointer<srv_exc_info>?) -> srv_write_fn? {
+        switch state {
+        case .idle:
+            breakRule("start_response called outside a request")
+            return nil
+        case .streaming:
+            breakRule(excInfo == nil ? "start_response called twice" : "start_response after body started")
+            return nil
+        case .started where excInfo == nil:
+            breakRule("start_response called twice")
+            return nil
+        case .started, .awaitingStart:
+            break
+        }
+        if let exc = excInfo, let message = exc.pointee.message {
+            context.log(.notice, "app \(app?.plugin.name ?? "?") replaced its response (exc_info: \(String(cString: message))) on \(requestLine)")
+        }
+        guard let status = status else { breakRule("invalid status (NULL)"); return nil }
+        let statusLength = strlen(status)
+        let s = UnsafeRawBufferPointer(start: status, count: statusLength)
+        guard statusLength >= 4, Self.isDigit(s[0]), Self.isDigit(s[1]), Self.isDigit(s[2]), s[3] == UInt8(ascii: " "),
+              !s.contains(where: { $0 < 0x20 && $0 != 0x09 || $0 == 0x7f }) else {
+            breakRule("invalid status \"\(String(decoding: s.prefix(64), as: UTF8.self))\" (expected three digits, a space and a reason)")
+            return nil
+        }
+        let code = Int(s[0] - 48) * 100 + Int(s[1] - 48) * 10 + Int(s[2] - 48)
+        guard code >= 100 else { breakRule("invalid status code \(code)"); return nil }
+        out.clear()
+        out.writeStaticString("HTTP/1.1 ")
+        out.writeBytes(s)
+        out.writeStaticString("\r\n")
+        appContentLength = nil
+        for i in 0..<count {
+            guard let h = headers?[i], let np = h.name.ptr, let vp = h.value.ptr else {
+                breakRule("invalid header (NULL pointer)")
+                return nil
+            }
+            let name = UnsafeRawBufferPointer(start: np, count: h.name.len)
+            let value = UnsafeRawBufferPointer(start: vp, count: h.value.len)
+            guard name.count > 0, name.allSatisfy({ HTTPChars.isToken($0) }),
+                  value.allSatisfy({ HTTPChars.isFieldValue($0) }) else {
+                breakRule("invalid header \"\(String(decoding: name.prefix(64), as: UTF8.self))\" (a name must be a token; a value must not contain CR, LF or other control characters)")
+                return nil
+            }
+            if HTTPChars.isHopByHop(name) {
+                context.log(.warning, "app \(app?.plugin.name ?? "?") sent hop-by-hop header \(String(decoding: name, as: UTF8.self)); srv owns the framing, dropped")
+                continue
+            }
+            if name.count == 14, HTTPChars.equalsLower(name, "content-length") {
+                guard let n = HTTPChars.parseDecimal(value) else {
+                    breakRule("invalid Content-Length \"\(String(decoding: value.prefix(32), as: UTF8.self))\"")
+                    return nil
+                }
+                appContentLength = n
+            }
+            out.writeBytes(name)
+            out.writeStaticString(": ")
+            out.writeBytes(value)
+            out.writeStaticString("\r\n")
+        }
+        self.status = code
+        state = .started
+        return closures.write
+    }
+
+    func write(_ data: UnsafeRawPointer?, _ len: Int) -> Int32 {
+        switch state {
+        case .idle, .awaitingStart:
+            breakRule("write before start_response")
+            return SRV_ERROR
+        case .started:
+            finalizeHead(contentLength: nil)
+            state = .streaming
+        case .streaming:
+            break
+        }
+        if rule != nil { return SRV_ERROR }
+        if len > 0, let data = data { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
+        return SRV_OK
+    }
+
+    func read(_ buf: UnsafeMutableRawPointer?, _ n: Int) -> Int {
+        guard let buf = buf, state != .idle else { return -1 }
+        let got = requestBody.read(into: buf, count: n, at: readOffset)
+        if got > 0 { readOffset += got }
+        return got
+    }
+
+    func logError(_ msg: UnsafePointer<CChar>?, _ len: Int) {
+        guard let msg = msg else { return }
+        var text = String(decoding: UnsafeRawBufferPointer(start: msg, count: len), as: UTF8.self)
+        while text.hasSuffix("\n") { text.removeLast() }
+        context.log(.error, "app \(app?.plugin.name ?? "?"): \(text)")
+    }
+
+    // MARK: - Framing the response
+
+    /// Ends the head: srv's own headers, then the framing the body needs.
+    private func finalizeHead(contentLength: Int?) {
+        out.writeStaticString("Server: srv\r\n")
+        context.dateCache.write(into: &out)
+        bodyless = status < 200 || status == 204 || status == 304
+        chunked = false
+        if bodyless {
+        } else if appContentLength != nil {
+        } else if let length = contentLength {
+            out.writeStaticString("Content-Length: ")
+            HTTPChars.writeDecimal(length, into: &out)
+            out.writeStaticString("\r\n")
+        } else if !http10 {
+            out.writeStaticString("Transfer-Encoding: chunked\r\n")
+            chunked = !isHead
+        } else {
+            keepAlive = false
+        }
+        if !keepAlive {
+            out.writeStaticString("Connection: close\r\n\r\n")
+        } else if http10 {
+            out.writeStaticString("Connection: keep-alive\r\n\r\n")
+        } else {
+            out.writeStaticString("\r\n")
+        }
+    }
+
+    /// Appends body bytes in the current framing (nothing for HEAD and bodyless statuses).
+    func appendBody(_ bytes: UnsafeRawBufferPointer) {
+        bodyBytes += bytes.count
+        if isHead || bodyless || bytes.count == 0 { return }
+        if chunked {
+            HTTPChars.writeHex(bytes.count, into: &out)
+            out.writeStaticString("\r\n")
+            out.writeBytes(bytes)
+            out.writeStaticString("\r\n")
+        } else {
+            out.writeBytes(bytes)
+        }
+    }
+
+    /// Appends the end of a chunked body, and checks the length the app announced.
+    /// Returns false when the app's Content-Length was not met (the connection must close).
+    func endBody() -> Bool {
+        if chunked { out.writeStaticString("0\r\n\r\n") }
+        if let announced = appContentLength, !bodyless, announced != bodyBytes {
+            breakRule("Content-Length mismatch (announced \(announced), sent \(bodyBytes))")
+            return false
+        }
+        return true
+    }
+
+    // MARK: - Request lifecycle
+
+    /// Readies the slot for calling the app.
+    func begin() {
+        state = .awaitingStart
+        rule = nil
+        status = 0
+        bodyBytes = 0
+        chunked = false
+        bodyless = false
+        appContentLength = nil
+        out.clear()
+        var b = srv_body()
+        b.size = MemoryLayout<srv_body>.size
+        b.fd = -1
+        b.length = -1
+        body.pointee = b
+        bodyClosed = false
+    }
+
+    /// Calls the application.
+    @inline(__always)
+    func call() -> Int32 {
+        app!.plugin.app(environ, closures.start_response, body)
+    }
+
+    /// Turns what the app returned into a response.
+    func finish(_ rc: Int32) -> Outcome {
+        let name = app?.plugin.name ?? "?"
+        if rc != SRV_OK { breakRule("app returned SRV_ERROR") }
+        if state == .awaitingStart { breakRule("start_response not called") }
+        if let rule = rule { return fail(app: name, rule: rule) }
+        let b = body.pointee
+        switch b.kind {
+        case Int32(SRV_BODY_EMPTY.rawValue):
+            if state == .started { finalizeHead(contentLength: appContentLength ?? 0) }
+            if !endBody() { return fail(app: name, rule: rule!) }
+            closeBody()
+            return .complete
+        case Int32(SRV_BODY_BYTES.rawValue):
+            let bytes = UnsafeRawBufferPointer(start: b.data, count: b.data == nil ? 0 : b.len)
+            if state == .started {
+                if let announced = appContentLength, announced != bytes.count, !(status < 200 || status == 204 || status == 304) {
+                    return fail(app: name, rule: "Content-Length mismatch (announced \(announced), body has \(bytes.count) bytes)")
+                }
+                finalizeHead(contentLength: bytes.count)
+            }
+            appendBody(bytes)
+            let ok = endBody()
+            closeBody()
+            if !ok { return fail(app: name, rule: rule!) }
+            return .complete
+        case Int32(SRV_BODY_ITER.rawValue):
+            guard b.next != nil else { return fail(app: name, rule: "iterator body without next") }
+            if state == .started { finalizeHead(contentLength: nil) }
+            if isHead || bodyless { closeBody(); return .complete }
+            state = .streaming
+            return .iterate
+        case Int32(SRV_BODY_FILE.rawValue):
+            var st = stat()
+            guard b.fd >= 0, fstat(b.fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+                return fail(app: name, rule: "file body without an open regular file")
+            }
+            let size = Int(st.st_size), offset = Int(b.offset)
+            let length = b.length < 0 ? size - offset : Int(b.length)
+            guard offset >= 0, offset <= size, length >= 0, offset + length <= size else {
+                return fail(app: name, rule: "file body range \(offset)+\(length) outside the file (\(size) bytes)")
+            }
+            if state == .started {
+                if let announced = appContentLength, announced != length {
+                    return fail(app: name, rule: "Content-Length mismatch (announced \(announced), file range has \(length) bytes)")
+                }
+                finalizeHead(contentLength: length)
+            }
+            bodyBytes += length
+            if isHead || bodyless { _ = endBody(); closeBody(); return .complete }
+            state = .streaming
+            return .file(fd: b.fd, offset: offset, length: length)
+        default:
+            return fail(app: name, rule: "unknown body kind \(b.kind)")
+        }
+    }
+
+    /// Pulls the next chunk of an iterator body into `out`: true for more, false at the end.
+    /// Throws when the app's iterator reports an error.
+    func pull() throws -> Bool {
+        var data: UnsafeRawPointer?
+        var len = 0
+        let b = body.pointee
+        let rc = b.next!(b.ctx, &data, &len)
+        if rc == 1 {
+            if let data = data, len > 0 { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
+            return true
+        }
+        if rc == 0 { return false }
+        breakRule("iterator returned SRV_ERROR")
+        throw AppFailure(rule: rule!)
+    }
+
+    /// A 500 in place of whatever was built (nothing has reached the client yet).
+    private func fail(app name: String, rule: String) -> Outcome {
+        context.log(.error, "app \(name) broke rule '\(rule)' on \(requestLine)")
+        closeBody()
+        out.clear()
+        status = 500
+        let text = "Internal Server Error\n"
+        out.writeStaticString("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n")
+        appContentLength = nil
+        finalizeHead(contentLength: text.utf8.count)
+        if !isHead { out.writeString(text) }
+        bodyBytes = text.utf8.count
+        state = .streaming
+        return .complete
+    }
+
+    /// Calls the body's close exactly once.
+    func closeBody() {
+        if bodyClosed { return }
+        bodyClosed = true
+        let b = body.pointee
+        if let close = b.close { close(b.ctx) }
+    }
+
+    /// Ends the request: closes the body if still open and drops the request's memory.
+    func release() {
+        closeBody()
+        requestBody.release()
+        state = .idle
+        app = nil
+    }
+
+    // MARK: - Small helpers
+
+    private static let http10 = permanentString("HTTP/1.0")
+    private static let http11 = permanentString("HTTP/1.1")
+    private static let http = permanentString("http")
+    private static let https = permanentString("https")
+    private static let keyVersion = permanentString("srv.version")
+    private static let keyRequestID = permanentString("srv.request_id")
+    private static let keyWorkerPID = permanentString("srv.worker_pid")
+    private static let keyGeneration = permanentString("srv.generation")
+    private static let keyAppHash = permanentString("srv.app_hash")
+
+    @inline(__always) static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+
+    static func hex(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 65...70: return c - 55
+        case 97...102: return c - 87
+        default: return nil
+        }
+    }
+
+    static func equalsLower(_ s: srv_str, _ lower: StaticString) -> Bool {
+        HTTPChars.equalsLower(UnsafeRawBufferPointer(start: s.ptr, count: s.len), lower)
+    }
+
+    static func formatDecimal(_ value: UInt64, into buffer: inout [UInt8]) -> Int {
+        var v = value, tmp = [UInt8](repeating: 0, count: 20), n = 0
+        repeat { tmp[n] = UInt8(48 + v % 10); v /= 10; n += 1 } while v > 0
+        for i in 0..<n { buffer[i] = tmp[n - 1 - i] }
+        return n
+    }
+
+    static func absoluteFormPath(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        // "http://host/path" → "/path" (RFC 9112 3.2.2).
+        let s = String(decoding: target.prefix(8), as: UTF8.self).lowercased()
+        let skip = s.hasPrefix("http://") ? 7 : (s.hasPrefix("https://") ? 8 : 0)
+        guard skip > 0 else { return nil }
+        let rest = UnsafeRawBufferPointer(rebasing: target[skip...])
+        if let slash = rest.firstIndex(of: UInt8(ascii: "/")) { return UnsafeRawBufferPointer(rebasing: rest[slash...]) }
+        return UnsafeRawBufferPointer(start: UnsafeRawPointer(Self.slash.ptr), count: 1)
+    }
+    private static let slash = permanentString("/")
+}
+
+/// An application broke the spec after the response head was sent.
+struct AppFailure: Error { let rule: String }
+
+/// A request srv refuses before any application sees it.
+enum ClientError: Error {
+    case badRequest(String)
+    var status: (Int, String) {
+        switch self { case .badRequest(let m): return (400, m) }
+    }
+}
+
+/// A string that lives for the whole process (environ's constant values).
+func permanentString(_ s: String) -> srv_str {
+    let p = strdup(s)!
+    return srv_str(ptr: UnsafePointer(p), len: strlen(p))
+}

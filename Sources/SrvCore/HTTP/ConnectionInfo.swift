@@ -1,0 +1,77 @@
+import NIOCore
+import NIOHTTP1
+
+/// Per-connection facts that end up in environ: computed once when the connection opens.
+struct ConnectionInfo {
+    var serverName: String
+    var serverPort: String
+    var remoteAddress: String
+    var remotePort: String
+    var scheme: String
+    /// The peer may set X-Forwarded-For / X-Forwarded-Proto (--forwarded-allow-ips).
+    var trustedProxy: Bool
+
+    var byteCount: Int {
+        serverName.utf8.count + serverPort.utf8.count + remoteAddress.utf8.count + remotePort.utf8.count + 8
+    }
+
+    init(local: SocketAddress?, remote: SocketAddress?, forwardedAllow: AddressList) {
+        serverName = local?.ipAddress ?? "localhost"
+        serverPort = local?.port.map(String.init) ?? ""
+        remoteAddress = remote?.ipAddress ?? ""
+        remotePort = remote?.port.map(String.init) ?? ""
+        scheme = "http"
+        if case .unixDomainSocket = remote { trustedProxy = forwardedAllow.allowsUnix } else if remote == nil {
+            trustedProxy = forwardedAllow.allowsUnix
+        } else {
+            trustedProxy = forwardedAllow.contains(remoteAddress)
+        }
+    }
+
+    /// Applies X-Forwarded-For (its last address, the one the trusted proxy saw) and
+    /// X-Forwarded-Proto from a trusted peer.
+    func forwarded(by headers: HTTPHeaders) -> ConnectionInfo {
+        var copy = self
+        if let xff = headers.first("x-forwarded-for"),
+           let last = xff.split(separator: ",").last?.trimmingSpaces, !last.isEmpty {
+            copy.remoteAddress = last
+            copy.remotePort = ""
+        }
+        if let proto = headers.first("x-forwarded-proto")?.trimmingSpaces.lowercased(), proto == "https" || proto == "http" {
+            copy.scheme = proto
+        }
+        return copy
+    }
+}
+
+extension HTTPHeaders {
+    /// The first value of a header, compared without allocating (the subscript builds an array).
+    func first(_ lowerName: StaticString) -> String? {
+        for (n, v) in self where HTTPChars.equalsLower(n, lowerName) { return v }
+        return nil
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        String(self.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+    }
+}
+extension String {
+    var trimmingSpaces: String { Substring(self).trimmingSpaces }
+}
+
+/// A list of addresses from --forwarded-allow-ips or --proxy-allow-from: exact addresses,
+/// CIDR-less; "*" allows every peer; "unix" allows Unix-socket peers.
+public struct AddressList: Codable, Equatable {
+    public var entries: [String]
+    public init(_ entries: [String]) { self.entries = entries }
+    public init(parsing text: String) {
+        entries = text.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
+    }
+    var allowsUnix: Bool { entries.contains("*") || entries.contains("unix") }
+    func contains(_ address: String) -> Bool {
+        entries.contains("*") || entries.contains(address)
+            || (address.hasPrefix("::ffff:") && entries.contains(String(address.dropFirst(7))))
+    }
+}

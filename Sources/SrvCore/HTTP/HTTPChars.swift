@@ -1,0 +1,81 @@
+import NIOCore
+
+/// Byte-level HTTP grammar used on the hot path (RFC 9110 tokens and field values).
+enum HTTPChars {
+    private static let tokenTable: [Bool] = {
+        var t = [Bool](repeating: false, count: 256)
+        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
+        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
+        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
+        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
+        return t
+    }()
+
+    @inline(__always) static func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
+
+    /// Visible characters, space, tab and obs-text; never CR, LF, NUL or other controls.
+    @inline(__always) static func isFieldValue(_ c: UInt8) -> Bool { c >= 0x20 ? c != 0x7f : c == 0x09 }
+
+    /// Compares `bytes` with a lowercase ASCII literal, ignoring case.
+    @inline(__always)
+    static func equalsLower(_ bytes: UnsafeRawBufferPointer, _ lower: StaticString) -> Bool {
+        guard bytes.count == lower.utf8CodeUnitCount else { return false }
+        let l = lower.utf8Start
+        for i in 0..<bytes.count where bytes[i] | 0x20 != l[i] && bytes[i] != l[i] { return false }
+        return true
+    }
+
+    static func equalsLower(_ s: String, _ lower: StaticString) -> Bool {
+        var s = s
+        return s.withUTF8 { equalsLower(UnsafeRawBufferPointer($0), lower) }
+    }
+
+    /// Connection-level headers an application must not set: srv owns the framing.
+    static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
+        switch name.count {
+        case 10: return equalsLower(name, "connection") || equalsLower(name, "keep-alive")
+        case 17: return equalsLower(name, "transfer-encoding")
+        case 7: return equalsLower(name, "upgrade")
+        default: return false
+        }
+    }
+
+    /// A non-negative decimal without sign or spaces, or nil.
+    static func parseDecimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
+        var v = 0
+        for c in bytes {
+            guard c >= 48 && c <= 57 else { return nil }
+            v = v * 10 + Int(c - 48)
+        }
+        return v
+    }
+
+    static func parseDecimal(_ s: String) -> Int? {
+        var s = s
+        return s.withUTF8 { parseDecimal(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func writeDecimal(_ value: Int, into out: inout ByteBuffer) {
+        if value < 10 { out.writeInteger(UInt8(48 + value)); return }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        var v = value
+        withUnsafeMutableBytes(of: &digits) { d in
+            while v > 0 { d[19 - n] = UInt8(48 + v % 10); v /= 10; n += 1 }
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: d[(20 - n)...]))
+        }
+    }
+
+    static func writeHex(_ value: Int, into out: inout ByteBuffer) {
+        let digits: StaticString = "0123456789abcdef"
+        var shift = 60
+        while shift > 0 && (value >> shift) & 0xf == 0 { shift -= 4 }
+        while shift >= 0 {
+            out.writeInteger(digits.utf8Start[(value >> shift) & 0xf])
+            shift -= 4
+        }
+    }
+}

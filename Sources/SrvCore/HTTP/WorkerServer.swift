@@ -1,0 +1,160 @@
+import CSrvSystem
+import Glibc
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The HTTP side of a worker process: one event loop serving the listeners the master
+/// passed, the loaded applications, and the pool of request slots.
+public final class WorkerServer {
+    public let settings: Settings
+    let router: Router
+    let logger: Logger
+    let scoreboard: Scoreboard?
+    let accessLog: AccessLog?
+    let dateCache = DateCache()
+    let gateway: GatewayContext
+    let threadPool: NIOThreadPool?
+    public let group: MultiThreadedEventLoopGroup
+    private var serverChannels: [Channel] = []
+    private var freeSlots: [RequestSlot] = []
+    private var connections: [ObjectIdentifier: HTTPConnection] = [:]
+    private var requestCounter: UInt64 = 0
+    private var completed = 0
+    private let retireAfter: Int
+    private var retirementRequested = false
+    public private(set) var isShuttingDown = false
+    /// Called (on the event loop) once --max-requests is reached.
+    public var onRetire: (() -> Void)?
+    private let drained: EventLoopPromise<Void>
+    private var isDrained = false
+
+    public init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
+                accessLog: AccessLog?, generation: Int, multiprocess: Bool) {
+        self.settings = settings
+        self.router = Router(apps: apps)
+        self.logger = logger
+        self.scoreboard = scoreboard
+        self.accessLog = accessLog
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.drained = group.next().makePromise(of: Void.self)
+        if settings.threads > 0 {
+            let pool = NIOThreadPool(numberOfThreads: settings.threads)
+            pool.start()
+            threadPool = pool
+        } else {
+            threadPool = nil
+        }
+        gateway = GatewayContext(logger: logger, bodyMemoryLimit: settings.bodyMemoryLimit,
+                                 spoolDirectory: settings.spoolDirectory, multithread: settings.threads > 0,
+                                 multiprocess: multiprocess, generation: generation, dateCache: dateCache)
+        let jitter = settings.maxRequestsJitter > 0 ? Int.random(in: 0...settings.maxRequestsJitter) : 0
+        retireAfter = settings.maxRequests > 0 ? settings.maxRequests + jitter : 0
+    }
+
+    /// Starts serving on already-listening sockets (fds inherited from the master).
+    public func serve(listenerFDs: [Int32]) throws {
+        for fd in listenerFDs {
+            let bootstrap = ServerBootstrap(group: group)
+                // NIO calls listen() again on an inherited socket: keep the configured backlog.
+                .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
+                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        if self.settings.proxyProtocol {
+                            try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
+                        }
+                        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                        try sync.addHandler(HTTPConnection(worker: self))
+                    }
+                }
+            let channel = try bootstrap.withBoundSocket(fd).wait()
+            serverChannels.append(channel)
+        }
+        // The heartbeat shows the master that the event loop is not stuck.
+        scoreboard?.heartbeat()
+        group.next().scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: .milliseconds(500)) { [weak self] _ in
+            self?.scoreboard?.heartbeat()
+        }
+    }
+
+    /// Blocks until the server has stopped.
+    public func waitUntilStopped() {
+        try? drained.futureResult.wait()
+    }
+
+    // MARK: - Slots and connections (event loop only)
+
+    func acquireSlot() -> RequestSlot {
+        if let slot = freeSlots.popLast() { return slot }
+        return RequestSlot(context: gateway)
+    }
+
+    func releaseSlot(_ slot: RequestSlot) {
+        slot.release()
+        freeSlots.append(slot)
+    }
+
+    func nextRequestID() -> UInt64 {
+        requestCounter &+= 1
+        return requestCounter
+    }
+
+    func requestCompleted() {
+        completed += 1
+        if retireAfter > 0 && completed >= retireAfter && !retirementRequested {
+            retirementRequested = true
+            log(.info, "served \(completed) requests (--max-requests \(settings.maxRequests)); asking the master for a replacement")
+            onRetire?()
+        }
+    }
+
+    func connectionOpened(_ c: HTTPConnection) {
+        connections[ObjectIdentifier(c)] = c
+    }
+
+    func connectionClosed(_ c: HTTPConnection) {
+        connections[ObjectIdentifier(c)] = nil
+        if isShuttingDown && connections.isEmpty { finishDraining() }
+    }
+
+    func log(_ level: Logger.Level, _ message: String) {
+        logger.log(level: level, "\(message)")
+    }
+
+    // MARK: - Stopping
+
+    /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections;
+    /// completes once every connection is closed or after `timeout` seconds.
+    public func shutdownGracefully(timeout: Double) {
+        group.next().execute {
+            guard !self.isShuttingDown else { return }
+            self.isShuttingDown = true
+            for ch in self.serverChannels { ch.close(promise: nil) }
+            for c in self.connections.values { c.shutdownGracefully() }
+            if self.connections.isEmpty { self.finishDraining() }
+            self.group.next().scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) {
+                if !self.connections.isEmpty {
+                    self.log(.warning, "graceful timeout (\(timeout) s) reached with \(self.connections.count) connection(s) open; closing them")
+                }
+                self.finishDraining()
+            }
+        }
+    }
+
+    private func finishDraining() {
+        if isDrained { return }
+        isDrained = true
+        drained.succeed(())
+    }
+
+    /// Stops accepting at once (the replacement is ready), keeping in-flight requests.
+    public func stopAccepting() {
+        group.next().execute {
+            for ch in self.serverChannels { ch.close(promise: nil) }
+        }
+    }
+}

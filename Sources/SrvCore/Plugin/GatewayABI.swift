@@ -1,0 +1,11 @@
+import SrvGateway
+
+/// The gateway ABI this srv implements, read from srv/gateway.h.
+public enum GatewayABI {
+    public static let magic: UInt32 = SRV_GATEWAY_MAGIC
+    public static let major = Int(SRV_ABI_MAJOR)
+    public static let minor = Int(SRV_ABI_MINOR)
+    /// The size of the ABI 1.0 descriptor; a smaller one is refused.
+    public static let minimumDescriptorSize = MemoryLayout<srv_descriptor>.size
+    public static let serverVersion = "srv/0.1.0"
+}

@@ -1,0 +1,653 @@
+import CSrvSystem
+import Foundation
+import Glibc
+import Logging
+
+/// The master process, after Gunicorn's arbiter: it owns the listeners, starts and watches
+/// the workers, and turns signals into actions. It is single-threaded on purpose (it
+/// starts children) and never loads application code.
+///
+/// The whole life reads top to bottom: `run` → loop { signals, worker messages, `reapWorkers`,
+/// `murderWorkers`, `manageWorkers`, `manageReload` }.
+public final class Arbiter {
+    /// One set of workers serving one set of snapshots with one configuration.
+    final class Generation {
+        let number: Int
+        let settings: Settings
+        let apps: [WorkerApp]
+        var target: Int
+        let startedAt = Date()
+        init(number: Int, settings: Settings, apps: [WorkerApp]) {
+            self.number = number
+            self.settings = settings
+            self.apps = apps
+            self.target = settings.workers
+        }
+        var versions: String { apps.map { "\($0.prefix.isEmpty ? "/" : $0.prefix)=\($0.snapshot.shortHash)" }.joined(separator: " ") }
+    }
+
+    final class Worker {
+        let pid: pid_t
+        let generation: Generation
+        let control: Int32
+        let scoreboard: Scoreboard
+        let started = Date()
+        var ready = false
+        var pendingLine = ""
+        /// The worker asked to be replaced (--max-requests), or is the replacement of `replaces`.
+        var retireRequested = false
+        var replaces: pid_t?
+        /// TERM was sent at this time (graceful stop); KILL follows after graceful-timeout.
+        var terminatedAt: Date?
+        var abortedAt: Date?
+        var failure: String?
+        init(pid: pid_t, generation: Generation, control: Int32, scoreboard: Scoreboard) {
+            self.pid = pid
+            self.generation = generation
+            self.control = control
+            self.scoreboard = scoreboard
+        }
+    }
+
+    enum Stopping { case no, graceful(deadline: Date), fast }
+
+    public let configuration: ConfigurationSource
+    var settings: Settings
+    var listeners: [Listener] = []
+    var current: Generation?
+    var pending: Generation?
+    var workers: [pid_t: Worker] = [:]
+    var generationCounter = 0
+    var signalFD: Int32 = -1
+    var stopping = Stopping.no
+    var bootFailures = 0
+    var nextSpawnAllowed = Date.distantPast
+    var lastReloadError: String?
+    var appErrors: [String: String] = [:]
+    var logger: Logger
+    var reexecChild: pid_t?
+    var lastStatusWrite = Date.distantPast
+    let notify = SystemdNotify()
+    var watcher: AppWatcher?
+    let startedAt = Date()
+
+    public init(configuration: ConfigurationSource, settings: Settings) {
+        self.configuration = configuration
+        self.settings = settings
+        self.logger = ErrorLog.logger(label: "srv.master", level: Logger.Level(setting: settings.logLevel))
+    }
+
+    // MARK: - Life
+
+    /// Runs the master until it stops; returns the process exit code.
+    public func run() -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        let handled = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
+        signalFD = handled.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
+        guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }
+        do {
+            listeners = try openListeners()
+        } catch {
+            logger.critical("\(error)")
+            return 1
+        }
+        if let pidFile = settings.pidFile { writePidFile(pidFile) }
+        logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { "http://\($0.boundDescription)" }.joined(separator: ", "))")
+        guard let first = prepareGeneration(settings: settings, previous: nil) else {
+            logger.critical("no application could be loaded; nothing to serve")
+            cleanup()
+            return 1
+        }
+        current = first
+        if settings.reload { watcher = AppWatcher(settings: settings, logger: logger) }
+        let initialBootOK = bootInitialGeneration(first)
+        guard initialBootOK else {
+            cleanup()
+            return 1
+        }
+        notify.send("READY=1\nSTATUS=serving generation \(first.number): \(first.versions)\nMAINPID=\(getpid())")
+        if let old = ProcessInfo.processInfo.environment["SRV_OLD_MASTER_PID"].flatMap({ pid_t($0) }), old > 1 {
+            logger.info("took over from master \(old) (USR2); asking it to retire")
+            kill(old, SIGTERM)
+        }
+        return loop()
+    }
+
+    private func loop() -> Int32 {
+        while true {
+            var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
+            for w in workers.values { fds.append(pollfd(fd: w.control, events: Int16(POLLIN), revents: 0)) }
+            if let watcher = watcher { fds.append(pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)) }
+            _ = poll(&fds, nfds_t(fds.count), 200)
+            while true {
+                let sig = srv_sys_signalfd_read(signalFD)
+                if sig <= 0 { break }
+                handleSignal(sig)
+            }
+            readWorkerMessages()
+            reapWorkers()
+            if let watcher = watcher, watcher.poll() {
+                logger.info("application files changed (--reload); reloading")
+                reload()
+            }
+            switch stopping {
+            case .no:
+                murderWorkers()
+                manageReload()
+                manageWorkers()
+            case .graceful(let deadline):
+                if workers.isEmpty { return finish() }
+                if Date() > deadline {
+                    logger.warning("graceful timeout reached; killing \(workers.count) worker(s)")
+                    for w in workers.values { kill(w.pid, SIGKILL) }
+                    stopping = .fast
+                }
+            case .fast:
+                if workers.isEmpty { return finish() }
+            }
+            writeStatusIfDue()
+        }
+    }
+
+    private func finish() -> Int32 {
+        logger.info("master \(getpid()) shutting down")
+        cleanup()
+        return 0
+    }
+
+    private func cleanup() {
+        if let pidFile = settings.pidFile,
+           let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingSpaces == String(getpid()) {
+            unlink(pidFile)
+        }
+        unlink(statusPath)
+        // A Unix socket file belongs to us unless a new master (USR2) inherited it.
+        if reexecChild == nil {
+            for l in listeners { if case .unix(let path) = l.address { unlink(path) } }
+        }
+    }
+
+    // MARK: - Signals
+
+    func handleSignal(_ sig: Int32) {
+        switch sig {
+        case SIGCHLD:
+            break  // reapWorkers runs on every turn of the loop
+        case SIGHUP:
+            logger.info("HUP: reloading")
+            reload()
+        case SIGTERM:
+            if case .no = stopping {
+                logger.info("TERM: stopping gracefully (up to \(settings.gracefulTimeout) s)")
+                notify.send("STOPPING=1")
+                stopping = .graceful(deadline: Date().addingTimeInterval(settings.gracefulTimeout + 1))
+                for w in workers.values { terminate(w) }
+            }
+        case SIGINT, SIGQUIT:
+            logger.info("\(sig == SIGINT ? "INT" : "QUIT"): stopping now")
+            notify.send("STOPPING=1")
+            stopping = .fast
+            for w in workers.values { kill(w.pid, SIGQUIT) }
+        case SIGTTIN:
+            if let g = current {
+                g.target += 1
+                logger.info("TTIN: \(g.target) worker(s)")
+            }
+        case SIGTTOU:
+            if let g = current, g.target > 1 {
+                g.target -= 1
+                logger.info("TTOU: \(g.target) worker(s)")
+            }
+        case SIGUSR1:
+            logger.info("USR1: reopening log files")
+            ErrorLog.shared.reopen()
+            for w in workers.values { kill(w.pid, SIGUSR1) }
+        case SIGUSR2:
+            reexec()
+        default:
+            break
+        }
+    }
+
+    // MARK: - Workers
+
+    private func openListeners() throws -> [Listener] {
+        let env = ProcessInfo.processInfo.environment
+        // Inherited from the old master (USR2) or from systemd (socket activation).
+        if let n = env["SRV_INHERIT_LISTENERS"].flatMap(Int.init), n > 0 {
+            return (0..<n).map { inheritedListener(fd: 3 + Int32($0)) }
+        }
+        if let n = env["LISTEN_FDS"].flatMap(Int.init), n > 0,
+           env["LISTEN_PID"].flatMap(pid_t.init) == getpid() {
+            logger.info("using \(n) socket(s) from systemd (LISTEN_FDS)")
+            return (0..<n).map { inheritedListener(fd: 3 + Int32($0)) }
+        }
+        return try settings.effectiveBinds.map { text -> Listener in
+            guard case .success(let address) = BindAddress.parse(text) else { throw SpawnError(description: "invalid bind \(text)") }
+            return try Listener.open(address, backlog: settings.backlog)
+        }
+    }
+
+    private func inheritedListener(fd: Int32) -> Listener {
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        if storage.ss_family == sa_family_t(AF_UNIX) {
+            let path = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { p in
+                    withUnsafeBytes(of: p.pointee.sun_path) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                }
+            }
+            return Listener(fd: fd, address: .unix(path: path))
+        }
+        let l = Listener(fd: fd, address: .tcp(host: "inherited", port: 0))
+        if case .success(let a) = BindAddress.parse(l.boundDescription) { return Listener(fd: fd, address: a) }
+        return l
+    }
+
+    /// Starts one worker of `generation`.
+    @discardableResult
+    func spawnWorker(_ generation: Generation) -> Worker? {
+        guard let pipe = Spawn.pipe() else { logger.error("cannot create a control pipe"); return nil }
+        guard let scoreboard = Scoreboard(name: "srv-worker") else {
+            close(pipe.read); close(pipe.write)
+            logger.error("cannot create a scoreboard page")
+            return nil
+        }
+        let encoder = JSONEncoder()
+        let settingsJSON = String(decoding: (try? encoder.encode(generation.settings)) ?? Data(), as: UTF8.self)
+        let appsJSON = String(decoding: (try? encoder.encode(generation.apps)) ?? Data(), as: UTF8.self)
+        do {
+            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listeners.map { $0.fd },
+                                    extraEnvironment: [
+                                        WorkerChannel.settingsVariable: settingsJSON,
+                                        WorkerChannel.appsVariable: appsJSON,
+                                        WorkerChannel.generationVariable: String(generation.number),
+                                        WorkerChannel.listenersVariable: String(listeners.count),
+                                    ],
+                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_OLD_MASTER_PID"])
+            close(pipe.write)
+            _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
+            let w = Worker(pid: pid, generation: generation, control: pipe.read, scoreboard: scoreboard)
+            workers[pid] = w
+            logger.debug("booting worker \(pid) (generation \(generation.number))")
+            return w
+        } catch {
+            close(pipe.read); close(pipe.write)
+            logger.error("\(error)")
+            return nil
+        }
+    }
+
+    /// Boots the first generation and waits for it; false when it cannot start at all.
+    private func bootInitialGeneration(_ g: Generation) -> Bool {
+        for _ in 0..<g.target { spawnWorker(g) }
+        let deadline = Date().addingTimeInterval(settings.bootTimeout)
+        while true {
+            var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
+            for w in workers.values { fds.append(pollfd(fd: w.control, events: Int16(POLLIN), revents: 0)) }
+            _ = poll(&fds, nfds_t(fds.count), 100)
+            readWorkerMessages()
+            reapWorkers(replace: false)
+            while true {
+                let sig = srv_sys_signalfd_read(signalFD)
+                if sig <= 0 { break }
+                if sig == SIGINT || sig == SIGTERM || sig == SIGQUIT {
+                    for w in workers.values { kill(w.pid, SIGKILL) }
+                    return false
+                }
+            }
+            if let failed = workers.values.first(where: { $0.failure != nil }) ?? nil {
+                logger.critical("worker failed to boot: \(failed.failure!)")
+                killGeneration(g)
+                return false
+            }
+            if let reason = lastBootDeath {
+                logger.critical("worker failed to boot: \(reason)")
+                killGeneration(g)
+                return false
+            }
+            let booting = workers.values.filter { $0.generation === g }
+            if !booting.isEmpty && booting.allSatisfy({ $0.ready }) {
+                logger.info("generation \(g.number) ready: \(booting.count) worker(s) serving \(g.versions)")
+                return true
+            }
+            if Date() > deadline {
+                logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s")
+                killGeneration(g)
+                return false
+            }
+        }
+    }
+
+    var lastBootDeath: String?
+
+    private func killGeneration(_ g: Generation) {
+        for w in workers.values where w.generation === g { kill(w.pid, SIGKILL) }
+        var status: Int32 = 0
+        for w in workers.values where w.generation === g {
+            waitpid(w.pid, &status, 0)
+            close(w.control)
+            workers[w.pid] = nil
+        }
+    }
+
+    func readWorkerMessages() {
+        for w in workers.values {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(w.control, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                w.pendingLine += String(decoding: chunk[0..<n], as: UTF8.self)
+            }
+            while let nl = w.pendingLine.firstIndex(of: "\n") {
+                let line = w.pendingLine[..<nl]
+                if let message = WorkerMessage.parse(line) { handle(message, from: w) }
+                w.pendingLine = String(w.pendingLine[w.pendingLine.index(after: nl)...])
+            }
+        }
+    }
+
+    private func handle(_ message: WorkerMessage, from w: Worker) {
+        switch message {
+        case .ready:
+            w.ready = true
+            if w.generation === current { bootFailures = 0 }
+            if let old = w.replaces, let retiring = workers[old] {
+                logger.info("worker \(w.pid) replaces worker \(old) (max-requests)")
+                terminate(retiring)
+            }
+        case .failed(let reason, let message):
+            w.failure = "\(message) [\(reason)]"
+        case .retire:
+            guard !w.retireRequested, w.terminatedAt == nil, case .no = stopping else { return }
+            w.retireRequested = true
+            if let g = current, w.generation === g, let replacement = spawnWorker(g) {
+                replacement.replaces = w.pid
+            } else {
+                terminate(w)
+            }
+        }
+    }
+
+    /// Collects exited children and replaces workers that died.
+    func reapWorkers(replace: Bool = true) {
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            if pid <= 0 { return }
+            if pid == reexecChild {
+                logger.error("the new master \(pid) (USR2) exited with \(Spawn.describe(status: status)); this master keeps serving")
+                reexecChild = nil
+                continue
+            }
+            guard let w = workers.removeValue(forKey: pid) else { continue }
+            // Read what it said last (a FAIL line arrives just before its exit).
+            workers[pid] = w
+            readWorkerMessages()
+            workers[pid] = nil
+            close(w.control)
+            let how = Spawn.describe(status: status)
+            if w.terminatedAt != nil {
+                logger.debug("worker \(pid) exited (\(how))")
+                continue
+            }
+            if !w.ready {
+                let reason = w.failure ?? "worker \(pid) exited with \(how) while booting"
+                if w.generation === pending {
+                    failReload(reason)
+                } else {
+                    lastBootDeath = reason
+                    bootFailures += 1
+                    let delay = min(0.1 * pow(2.0, Double(bootFailures - 1)), 10)
+                    nextSpawnAllowed = Date().addingTimeInterval(delay)
+                    if replace { logger.error("worker \(pid) failed to boot (\(reason)); retrying in \(String(format: "%.1f", delay)) s") }
+                }
+                continue
+            }
+            var what = ""
+            if let started = w.scoreboard.requestStarted {
+                let ran = Double(Scoreboard.now() - started) / 1e9
+                what = " while serving \"\(w.scoreboard.currentRequest)\" (running \(String(format: "%.3f", ran)) s)"
+            }
+            if case .no = stopping, replace {
+                logger.error("worker \(pid) died with \(how)\(what); replacing it")
+            }
+        }
+    }
+
+    /// Kills workers stuck in one request (or with a stuck event loop) past --timeout.
+    func murderWorkers() {
+        let now = Scoreboard.now()
+        let timeout = UInt64(settings.timeout * 1e9)
+        for w in workers.values where w.ready {
+            if let aborted = w.abortedAt {
+                if Date().timeIntervalSince(aborted) > 2 { kill(w.pid, SIGKILL) }
+                continue
+            }
+            if let terminated = w.terminatedAt {
+                if Date().timeIntervalSince(terminated) > w.generation.settings.gracefulTimeout + 2 {
+                    logger.warning("worker \(w.pid) did not stop within graceful-timeout; killing it")
+                    kill(w.pid, SIGKILL)
+                    w.terminatedAt = Date.distantFuture
+                }
+                continue
+            }
+            var stuck: String?
+            if let started = w.scoreboard.requestStarted, now > started, now - started > timeout {
+                stuck = "worker \(w.pid) timed out after \(String(format: "%.1f", Double(now - started) / 1e9)) s serving \"\(w.scoreboard.currentRequest)\" (--timeout \(settings.timeout) s); aborting it"
+            } else if now > w.scoreboard.lastHeartbeat, now - w.scoreboard.lastHeartbeat > timeout, w.scoreboard.lastHeartbeat > 0 {
+                stuck = "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(now - w.scoreboard.lastHeartbeat) / 1e9)) s (--timeout \(settings.timeout) s); aborting it"
+            }
+            if let stuck = stuck {
+                logger.critical("\(stuck)")
+                kill(w.pid, SIGABRT)
+                w.abortedAt = Date()
+            }
+        }
+        // Booting workers that never report.
+        for w in workers.values where !w.ready && w.abortedAt == nil {
+            if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
+                w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?)"
+                logger.error("\(w.failure!)")
+                kill(w.pid, SIGKILL)
+                w.abortedAt = Date()
+            }
+        }
+    }
+
+    /// Keeps the current generation at its target size.
+    func manageWorkers() {
+        guard let g = current else { return }
+        let live = workers.values.filter { $0.generation === g && $0.terminatedAt == nil && $0.abortedAt == nil && !$0.retireRequested }
+        let serving = live.filter { $0.replaces == nil || !$0.ready }.count
+        if serving < g.target && Date() >= nextSpawnAllowed {
+            for _ in serving..<g.target { spawnWorker(g) }
+        } else if serving > g.target {
+            // TTOU: retire the oldest.
+            for w in live.sorted(by: { $0.started < $1.started }).prefix(serving - g.target) { terminate(w) }
+        }
+    }
+
+    func terminate(_ w: Worker) {
+        guard w.terminatedAt == nil else { return }
+        w.terminatedAt = Date()
+        kill(w.pid, SIGTERM)
+    }
+
+    // MARK: - Reload: a new generation of processes
+
+    /// HUP: re-read configuration, snapshot the plugins, boot a new generation next to the
+    /// running one; `manageReload` promotes it once every new worker is ready.
+    func reload() {
+        guard case .no = stopping else { return }
+        notify.send("RELOADING=1\nMONOTONIC_USEC=\(Scoreboard.now() / 1000)")
+        var fresh = settings
+        do {
+            fresh = try configuration.load()
+        } catch {
+            logger.error("reload: the configuration is invalid, keeping the running settings: \(error)")
+            lastReloadError = "configuration: \(error)"
+            notify.send("READY=1\nSTATUS=reload refused: invalid configuration")
+            return
+        }
+        if let p = pending {
+            logger.info("reload: replacing generation \(p.number), which was still booting")
+            killGeneration(p)
+            pending = nil
+        }
+        guard let g = prepareGeneration(settings: fresh, previous: current) else {
+            notify.send("READY=1\nSTATUS=reload failed; generation \(current?.number ?? 0) keeps serving")
+            return
+        }
+        if fresh.effectiveBinds != settings.effectiveBinds {
+            logger.warning("reload: bind addresses changed; listeners are kept for the life of the master (restart srv to change them)")
+        }
+        settings.logLevel = fresh.logLevel
+        logger.logLevel = Logger.Level(setting: fresh.logLevel)
+        pending = g
+        logger.info("reload: booting generation \(g.number) (\(g.versions)) with \(g.target) worker(s)")
+        for _ in 0..<g.target { spawnWorker(g) }
+    }
+
+    private func failReload(_ reason: String) {
+        guard let g = pending else { return }
+        logger.error("reload failed: \(reason); generation \(current?.number ?? 0) (\(current?.versions ?? "")) keeps serving")
+        lastReloadError = reason
+        killGeneration(g)
+        pending = nil
+        notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(current?.number ?? 0) keeps serving")
+    }
+
+    func manageReload() {
+        guard let g = pending else { return }
+        let booting = workers.values.filter { $0.generation === g }
+        if let failed = booting.first(where: { $0.failure != nil }) {
+            failReload(failed.failure!)
+            return
+        }
+        guard booting.count >= g.target, booting.allSatisfy({ $0.ready }) else { return }
+        let old = current
+        current = g
+        pending = nil
+        settings = g.settings
+        lastReloadError = nil
+        bootFailures = 0
+        for w in workers.values where w.generation !== g { terminate(w) }
+        logger.info("generation \(g.number) ready (\(g.versions)); retiring generation \(old?.number ?? 0)")
+        notify.send("READY=1\nSTATUS=serving generation \(g.number): \(g.versions)")
+        if let watcher = watcher { watcher.update(settings: g.settings) } else if g.settings.reload {
+            watcher = AppWatcher(settings: g.settings, logger: logger)
+        }
+    }
+
+    /// Snapshots every application of `settings`. With an apps directory, one broken
+    /// application does not block the others: it keeps its previous build, or stays
+    /// unmounted, and the log and `srv status` say why.
+    func prepareGeneration(settings: Settings, previous: Generation?) -> Generation? {
+        var apps: [WorkerApp] = []
+        var errors: [String: String] = [:]
+        let explicit = settings.mounts
+        let discovered = settings.appsDir.map { AppsDirectory.scan($0, logger: logger) } ?? []
+        for mount in explicit + discovered {
+            let isDirectoryApp = !explicit.contains(mount)
+            let old = previous?.apps.first(where: { $0.prefix == mount.prefix })
+            do {
+                let snapshot = try Snapshot.take(of: mount.path, into: settings.snapshotDirectory)
+                if let old = old, old.snapshot.hash == snapshot.hash {
+                    apps.append(old)
+                    continue
+                }
+                if isDirectoryApp || (previous == nil && explicit.count + discovered.count > 1) {
+                    // Check a new or changed build in a child first, so it cannot sink the rest.
+                    let report = PluginCheck.run(path: snapshot.path, snapshotDirectory: settings.snapshotDirectory,
+                                                 timeout: settings.bootTimeout)
+                    if !report.valid {
+                        let message = (report.error ?? "invalid").replacingSnapshot(snapshot.path, with: mount.path)
+                        throw AppRefused(message: message)
+                    }
+                }
+                apps.append(WorkerApp(prefix: mount.prefix, snapshot: snapshot))
+            } catch {
+                let message = "\(error)"
+                errors[mount.prefix] = message
+                if let old = old, isDirectoryApp {
+                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message); keeping its previous build \(old.snapshot.shortHash)")
+                    apps.append(old)
+                } else if isDirectoryApp {
+                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message); not mounted")
+                } else {
+                    logger.error("\(message)")
+                    lastReloadError = message
+                    appErrors = errors
+                    return nil
+                }
+            }
+        }
+        appErrors = errors
+        if apps.isEmpty && settings.appsDir == nil { return nil }
+        if let previous = previous, previous.apps == apps, previous.settings == settings, errors.isEmpty {
+            logger.info("reload: nothing changed; starting a new generation anyway (HUP restarts workers)")
+        }
+        generationCounter += 1
+        return Generation(number: generationCounter, settings: settings, apps: apps)
+    }
+
+    struct AppRefused: Error, CustomStringConvertible { let message: String; var description: String { message } }
+
+    // MARK: - USR2: a new master on the same listeners
+
+    private func reexec() {
+        guard reexecChild == nil else { logger.warning("USR2: a new master is already starting"); return }
+        var args = Array(CommandLine.arguments.dropFirst())
+        if args.first == "serve" { args.removeFirst() }
+        do {
+            let pid = try Spawn.srv(["serve"] + args, fds: listeners.map { $0.fd },
+                                    extraEnvironment: ["SRV_INHERIT_LISTENERS": String(listeners.count),
+                                                       "SRV_OLD_MASTER_PID": String(getpid())],
+                                    removing: ["LISTEN_FDS", "LISTEN_PID"])
+            reexecChild = pid
+            logger.info("USR2: started new master \(pid) on the same listeners; this master retires once it is ready")
+        } catch {
+            logger.error("USR2: \(error)")
+        }
+    }
+
+    // MARK: - Status
+
+    var statusPath: String { settings.statusFile ?? ArbiterStatus.path(forMaster: getpid()) }
+
+    private func writePidFile(_ path: String) {
+        let text = "\(getpid())\n"
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+    }
+
+    func writeStatusIfDue() {
+        guard Date().timeIntervalSince(lastStatusWrite) >= 0.5 else { return }
+        lastStatusWrite = Date()
+        let now = Scoreboard.now()
+        var status = ArbiterStatus(
+            masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970, listeners: listeners.map { $0.boundDescription },
+            generation: current?.number ?? 0, pendingGeneration: pending?.number,
+            apps: (current?.apps ?? []).map { ArbiterStatus.App(mount: $0.prefix.isEmpty ? "/" : $0.prefix, path: $0.snapshot.source, hash: $0.snapshot.hash) },
+            appErrors: appErrors.map { ArbiterStatus.AppError(mount: $0.key.isEmpty ? "/" : $0.key, error: $0.value) }.sorted { $0.mount < $1.mount },
+            lastReloadError: lastReloadError, workers: [])
+        for w in workers.values.sorted(by: { $0.started < $1.started }) {
+            var current: String?
+            var runningFor: Double?
+            if let started = w.scoreboard.requestStarted {
+                current = w.scoreboard.currentRequest
+                runningFor = Double(now > started ? now - started : 0) / 1e9
+            }
+            let state = w.terminatedAt != nil ? "retiring" : (w.ready ? "serving" : "booting")
+            status.workers.append(ArbiterStatus.WorkerStatus(
+                pid: w.pid, generation: w.generation.number, state: state, age: Date().timeIntervalSince(w.started),
+                requests: w.scoreboard.requestsServed, currentRequest: current, currentFor: runningFor))
+        }
+        if let data = try? JSONEncoder().encode(status) {
+            let temp = statusPath + ".tmp"
+            if FileManager.default.createFile(atPath: temp, contents: data) { rename(temp, statusPath) }
+        }
+    }
+}

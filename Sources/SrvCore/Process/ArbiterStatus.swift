@@ -1,0 +1,65 @@
+import Foundation
+import Glibc
+
+/// What `srv status` shows, written by the master to a small JSON file twice a second.
+public struct ArbiterStatus: Codable {
+    public struct App: Codable { public var mount: String; public var path: String; public var hash: String }
+    public struct AppError: Codable { public var mount: String; public var error: String }
+    public struct WorkerStatus: Codable {
+        public var pid: Int32
+        public var generation: Int
+        public var state: String
+        public var age: Double
+        public var requests: UInt64
+        public var currentRequest: String?
+        public var currentFor: Double?
+    }
+
+    public var masterPID: Int32
+    public var startedAt: Double
+    public var listeners: [String]
+    public var generation: Int
+    public var pendingGeneration: Int?
+    public var apps: [App]
+    public var appErrors: [AppError]
+    public var lastReloadError: String?
+    public var workers: [WorkerStatus]
+
+    public static var directory: String {
+        let base = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) } ?? "/tmp"
+        return "\(base)/srv-\(getuid())"
+    }
+
+    public static func path(forMaster pid: pid_t) -> String {
+        try? Snapshot.makeDirectories(directory)
+        return "\(directory)/master-\(pid).json"
+    }
+
+    /// Human-readable form.
+    public var text: String {
+        var lines: [String] = []
+        lines.append("master \(masterPID), up \(Self.duration(Date().timeIntervalSince1970 - startedAt)), listening on \(listeners.joined(separator: ", "))")
+        lines.append("generation \(generation)\(pendingGeneration.map { " (generation \($0) booting)" } ?? "")")
+        for a in apps { lines.append("  app \(a.mount)  \(a.path)  version \(a.hash.prefix(12))") }
+        for e in appErrors { lines.append("  app \(e.mount)  NOT LOADED: \(e.error)") }
+        if let e = lastReloadError { lines.append("last reload failed: \(e)") }
+        lines.append("workers:")
+        lines.append("  PID      GEN  STATE     AGE       REQUESTS  CURRENT REQUEST")
+        for w in workers {
+            let current = w.currentRequest.map { "\($0) (\(String(format: "%.3f", w.currentFor ?? 0)) s)" } ?? "-"
+            lines.append("  " + [String(w.pid).padded(8), String(w.generation).padded(4), w.state.padded(9),
+                                 Self.duration(w.age).padded(9), String(w.requests).padded(9), current].joined(separator: " "))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func duration(_ s: Double) -> String {
+        if s < 60 { return String(format: "%.0fs", s) }
+        if s < 3600 { return String(format: "%.0fm%02.0fs", (s / 60).rounded(.down), s.truncatingRemainder(dividingBy: 60)) }
+        return String(format: "%.0fh%02.0fm", (s / 3600).rounded(.down), (s / 60).truncatingRemainder(dividingBy: 60).rounded(.down))
+    }
+}
+
+extension String {
+    func padded(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}

@@ -1,0 +1,151 @@
+import Glibc
+
+/// Where to listen: `-b HOST:PORT`, `-b [IPv6]:PORT` or `-b unix:PATH`.
+public enum BindAddress: Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public struct ParseError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func parse(_ text: String) -> Result<BindAddress, ParseError> {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            if path.isEmpty { return .failure(ParseError(description: "bind \"\(text)\": expected unix:PATH, found no path")) }
+            return .success(.unix(path: path))
+        }
+        var host: String, portText: String
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else {
+                return .failure(ParseError(description: "bind \"\(text)\": expected [IPv6]:PORT, found no closing ]"))
+            }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else {
+                return .failure(ParseError(description: "bind \"\(text)\": expected [IPv6]:PORT, found no port"))
+            }
+            portText = String(rest.dropFirst())
+        } else if let colon = text.lastIndex(of: ":") {
+            host = String(text[..<colon])
+            portText = String(text[text.index(after: colon)...])
+            if host.isEmpty { host = "0.0.0.0" }
+        } else {
+            host = "0.0.0.0"
+            portText = text
+        }
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT with a port from 0 to 65535 (or unix:PATH), found port \"\(portText)\""))
+        }
+        return .success(.tcp(host: host, port: port))
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let h, let p): return h.contains(":") ? "[\(h)]:\(p)" : "\(h):\(p)"
+        case .unix(let p): return "unix:\(p)"
+        }
+    }
+}
+
+/// A listening socket owned by the master for its whole life. Workers get copies at fd 3..
+public struct Listener {
+    public let fd: Int32
+    public let address: BindAddress
+
+    public struct BindError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Creates, binds and listens (SOCK_CLOEXEC: only spawn's explicit dup2 passes it on).
+    public static func open(_ address: BindAddress, backlog: Int) throws -> Listener {
+        switch address {
+        case .unix(let path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw BindError(description: "cannot create a Unix socket: \(String(cString: strerror(errno)))") }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+                close(fd)
+                throw BindError(description: "bind unix:\(path): the path is \(bytes.count) bytes, expected fewer than \(MemoryLayout.size(ofValue: addr.sun_path))")
+            }
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                for (i, b) in bytes.enumerated() { raw[i] = b }
+            }
+            // A stale socket file from a previous run would make bind fail.
+            var st = stat()
+            if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard rc == 0 else {
+                let e = String(cString: strerror(errno)); close(fd)
+                throw BindError(description: "cannot bind unix:\(path): \(e)")
+            }
+            guard listen(fd, Int32(backlog)) == 0 else {
+                let e = String(cString: strerror(errno)); close(fd)
+                throw BindError(description: "cannot listen on unix:\(path): \(e)")
+            }
+            return Listener(fd: fd, address: address)
+        case .tcp(let host, let port):
+            var hints = addrinfo()
+            hints.ai_family = AF_UNSPEC
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+            var result: UnsafeMutablePointer<addrinfo>?
+            let gai = getaddrinfo(host, String(port), &hints, &result)
+            guard gai == 0, let info = result else {
+                throw BindError(description: "bind \(address): cannot resolve \"\(host)\": \(String(cString: gai_strerror(gai)))")
+            }
+            defer { freeaddrinfo(result) }
+            let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw BindError(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            if info.pointee.ai_family == AF_INET6 {
+                setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+            }
+            guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+                let e = String(cString: strerror(errno)); close(fd)
+                throw BindError(description: "cannot bind \(address): \(e)\(errno == EADDRINUSE ? " (another process listens there; stop it or choose another port with -b)" : "")")
+            }
+            guard listen(fd, Int32(backlog)) == 0 else {
+                let e = String(cString: strerror(errno)); close(fd)
+                throw BindError(description: "cannot listen on \(address): \(e)")
+            }
+            return Listener(fd: fd, address: address)
+        }
+    }
+
+    /// The address actually bound (the port the kernel chose for port 0).
+    public var boundDescription: String {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard rc == 0 else { return address.description }
+        if storage.ss_family == sa_family_t(AF_INET) {
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String in
+                    var a = sin.pointee.sin_addr
+                    var buf = [CChar](repeating: 0, count: 64)
+                    inet_ntop(AF_INET, &a, &buf, 64)
+                    return "\(String(cString: buf)):\(UInt16(bigEndian: sin.pointee.sin_port))"
+                }
+            }
+        }
+        if storage.ss_family == sa_family_t(AF_INET6) {
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin -> String in
+                    var a = sin.pointee.sin6_addr
+                    var buf = [CChar](repeating: 0, count: 64)
+                    inet_ntop(AF_INET6, &a, &buf, 64)
+                    return "[\(String(cString: buf))]:\(UInt16(bigEndian: sin.pointee.sin6_port))"
+                }
+            }
+        }
+        return address.description
+    }
+}

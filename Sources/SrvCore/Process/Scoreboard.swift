@@ -1,0 +1,76 @@
+import CSrvSystem
+import Glibc
+
+/// A worker's page of shared memory that the master reads: heartbeat, requests served and
+/// the request in flight. Updating it costs a few stores and no system call, so a worker
+/// can report every request; the master uses it for --timeout and `srv status`.
+public final class Scoreboard {
+    public static let size = 512
+    static let lineCapacity = 256
+    public let fd: Int32
+    private let base: UnsafeMutableRawPointer
+
+    /// Creates a new page (master side).
+    public init?(name: String) {
+        fd = srv_sys_memfd(name, Scoreboard.size)
+        guard fd >= 0, let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        base = p
+    }
+
+    /// Maps a page passed by the master (worker side).
+    public init?(fd: Int32) {
+        self.fd = fd
+        guard let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        base = p
+    }
+
+    deinit {
+        munmap(base, Scoreboard.size)
+        close(fd)
+    }
+
+    @inline(__always) static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    private func atomicStore(_ offset: Int, _ value: UInt64) {
+        (base + offset).assumingMemoryBound(to: UInt64.self).pointee = value
+    }
+    private func load(_ offset: Int) -> UInt64 {
+        (base + offset).assumingMemoryBound(to: UInt64.self).pointee
+    }
+
+    // MARK: Worker side
+
+    public func heartbeat() { atomicStore(0, Scoreboard.now()) }
+
+    @inline(__always)
+    public func requestBegan(_ line: String) {
+        var line = line
+        line.withUTF8 { raw in
+            let n = min(raw.count, Scoreboard.lineCapacity)
+            (base + 32).copyMemory(from: raw.baseAddress!, byteCount: n)
+            (base + 24).storeBytes(of: UInt32(n), as: UInt32.self)
+        }
+        atomicStore(16, Scoreboard.now())
+    }
+
+    @inline(__always)
+    public func requestEnded() {
+        atomicStore(16, 0)
+        atomicStore(8, load(8) &+ 1)
+    }
+
+    // MARK: Master side
+
+    public var lastHeartbeat: UInt64 { load(0) }
+    public var requestsServed: UInt64 { load(8) }
+    /// When the current request began (monotonic ns), or nil when idle.
+    public var requestStarted: UInt64? { let v = load(16); return v == 0 ? nil : v }
+    public var currentRequest: String {
+        let n = min(Int((base + 24).load(as: UInt32.self)), Scoreboard.lineCapacity)
+        return String(decoding: UnsafeRawBufferPointer(start: base + 32, count: n), as: UTF8.self)
+    }
+}

@@ -1,0 +1,151 @@
+import CSrvSystem
+import Foundation
+import Glibc
+import Logging
+
+/// What the master tells a worker about one application to load.
+public struct WorkerApp: Codable, Equatable {
+    public var prefix: String
+    public var snapshot: Snapshot
+    public init(prefix: String, snapshot: Snapshot) { self.prefix = prefix; self.snapshot = snapshot }
+}
+
+/// The fds and environment through which master and worker talk. The worker gets:
+/// fd 3 the write end of its control pipe, fd 4 its scoreboard page, fd 5.. the listeners.
+public enum WorkerChannel {
+    public static let controlFD: Int32 = 3
+    public static let scoreboardFD: Int32 = 4
+    public static let firstListenerFD: Int32 = 5
+    public static let settingsVariable = "SRV_WORKER_SETTINGS"
+    public static let appsVariable = "SRV_WORKER_APPS"
+    public static let generationVariable = "SRV_WORKER_GENERATION"
+    public static let listenersVariable = "SRV_WORKER_LISTENERS"
+}
+
+/// Messages a worker sends the master, one line each.
+public enum WorkerMessage {
+    /// Loaded, ABI checked, load hooks passed, serving.
+    case ready
+    /// Could not boot; the reason is shown in the log and `srv status`.
+    case failed(reason: String, message: String)
+    /// --max-requests reached: start my replacement, then retire me.
+    case retire
+
+    public var line: String {
+        switch self {
+        case .ready: return "READY\n"
+        case .failed(let r, let m): return "FAIL \(r) \(m.replacingOccurrences(of: "\n", with: " "))\n"
+        case .retire: return "RETIRE\n"
+        }
+    }
+
+    public static func parse(_ line: Substring) -> WorkerMessage? {
+        if line == "READY" { return .ready }
+        if line == "RETIRE" { return .retire }
+        if line.hasPrefix("FAIL ") {
+            let rest = line.dropFirst(5)
+            let reason = rest.prefix(while: { $0 != " " })
+            return .failed(reason: String(reason), message: String(rest.dropFirst(reason.count + 1)))
+        }
+        return nil
+    }
+}
+
+/// `srv worker`: the process the master spawns. Loads the snapshots, reports READY, serves
+/// until told to stop (TERM graceful, INT/QUIT immediate, USR1 reopen logs).
+public enum WorkerProcess {
+    static func send(_ message: WorkerMessage) {
+        var line = message.line
+        _ = line.withUTF8 { Glibc.write(WorkerChannel.controlFD, $0.baseAddress, $0.count) }
+    }
+
+    public static func run() -> Never {
+        // The master may die without telling us (SIGKILL): then stop gracefully too.
+        _ = srv_sys_set_parent_death_signal(SIGTERM)
+        let env = ProcessInfo.processInfo.environment
+        guard let settingsJSON = env[WorkerChannel.settingsVariable], let appsJSON = env[WorkerChannel.appsVariable],
+              let settings = try? JSONDecoder().decode(Settings.self, from: Data(settingsJSON.utf8)),
+              let apps = try? JSONDecoder().decode([WorkerApp].self, from: Data(appsJSON.utf8)) else {
+            FileHandle.standardError.write(Data("srv worker: expected to be started by the srv master (missing \(WorkerChannel.settingsVariable)); run `srv --app FILE.so` instead\n".utf8))
+            exit(2)
+        }
+        let generation = Int(env[WorkerChannel.generationVariable] ?? "") ?? 1
+        let listenerCount = Int(env[WorkerChannel.listenersVariable] ?? "") ?? 0
+        try? ErrorLog.shared.configure(path: settings.errorLogFile)
+        let logger = ErrorLog.logger(label: "srv.worker", level: Logger.Level(setting: settings.logLevel))
+
+        // Signals go to one thread that waits for them; block them before NIO starts threads.
+        var signalSet = sigset_t()
+        sigemptyset(&signalSet)
+        for s in [SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2] { sigaddset(&signalSet, s) }
+        pthread_sigmask(SIG_BLOCK, &signalSet, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        var mounted: [MountedApp] = []
+        for app in apps {
+            do {
+                let plugin = try Plugin(file: app.snapshot.path, displayPath: app.snapshot.source, snapshot: app.snapshot)
+                if settings.threads > 0 && !plugin.threadSafe {
+                    throw WorkerBootError(reason: "not-thread-safe", message: "\(app.snapshot.source): app '\(plugin.name)' does not declare SRV_FLAG_THREAD_SAFE, so srv will not call it from --threads \(settings.threads) threads. Run it without --threads, or make it thread-safe and set the flag in its descriptor.")
+                }
+                try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 0, multiprocess: settings.workers > 1)
+                mounted.append(MountedApp(mount: app.prefix, plugin: plugin))
+            } catch let e as PluginError {
+                logger.error("\(e)")
+                send(.failed(reason: e.reason, message: e.description))
+                exit(3)
+            } catch let e as WorkerBootError {
+                logger.error("\(e.message)")
+                send(.failed(reason: e.reason, message: e.message))
+                exit(3)
+            } catch {
+                send(.failed(reason: "error", message: "\(error)"))
+                exit(3)
+            }
+        }
+
+        var accessLog: AccessLog?
+        if let path = settings.accessLogFile {
+            accessLog = try? AccessLog(path: path, format: settings.accessLogFormat)
+        }
+        let scoreboard = Scoreboard(fd: WorkerChannel.scoreboardFD)
+        let server = WorkerServer(settings: settings, apps: mounted, logger: logger, scoreboard: scoreboard,
+                                  accessLog: accessLog, generation: generation, multiprocess: settings.workers > 1)
+        server.onRetire = { send(.retire) }
+        do {
+            try server.serve(listenerFDs: (0..<listenerCount).map { WorkerChannel.firstListenerFD + Int32($0) })
+        } catch {
+            send(.failed(reason: "listen", message: "cannot serve on the inherited listeners: \(error)"))
+            exit(3)
+        }
+        send(.ready)
+        logger.debug("worker \(getpid()) of generation \(generation) ready: \(mounted.map { "\($0.plugin.name) \($0.plugin.snapshot?.shortHash ?? "")" }.joined(separator: ", "))")
+
+        let signalThread = Thread {
+            while true {
+                var sig: Int32 = 0
+                guard sigwait(&signalSet, &sig) == 0 else { continue }
+                switch sig {
+                case SIGTERM, SIGHUP:
+                    server.shutdownGracefully(timeout: settings.gracefulTimeout)
+                case SIGINT, SIGQUIT:
+                    exit(0)
+                case SIGUSR1:
+                    ErrorLog.shared.reopen()
+                    accessLog?.reopen()
+                default:
+                    break
+                }
+            }
+        }
+        signalThread.start()
+        server.waitUntilStopped()
+        for app in mounted { app.plugin.runUnloadHook() }
+        exit(0)
+    }
+}
+
+struct WorkerBootError: Error {
+    let reason: String
+    let message: String
+}

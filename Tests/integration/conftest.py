@@ -1,0 +1,240 @@
+"""Fixtures for srv's integration tests: the real binary, real plugins, real sockets.
+
+SRV_BIN names the srv executable (default: .build/release/srv); PLUGINS the directory the
+Makefiles build plugins into (default: build/plugins). `make test` sets both.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SRV = os.environ.get("SRV_BIN", os.path.join(ROOT, ".build", "release", "srv"))
+PLUGINS = os.environ.get("PLUGINS", os.path.join(ROOT, "build", "plugins"))
+
+
+def plugin(name):
+    """Path of lib<name>.so in the plugin build directory."""
+    path = os.path.join(PLUGINS, f"lib{name}.so")
+    assert os.path.exists(path), f"{path} missing: run `make examples test-plugins` first"
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running srv master with its workers, on a free port, logging to a file."""
+
+    def __init__(self, args, workers=1, env=None, bind=None, wait=True, tmp=None):
+        self.tmp = tmp or tempfile.mkdtemp(prefix="srv-test-")
+        self.port = free_port()
+        self.bind = bind or f"127.0.0.1:{self.port}"
+        self.log_path = os.path.join(self.tmp, "error.log")
+        self.pid_path = os.path.join(self.tmp, "srv.pid")
+        self.status_path = os.path.join(self.tmp, "status.json")
+        cmd = [SRV, "-b", self.bind, "-w", str(workers), "--pid", self.pid_path,
+               "--status-file", self.status_path,
+               "--snapshot-dir", os.path.join(self.tmp, "snapshots")] + list(args)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"srv exited with {self.proc.returncode}:\n{self.read_log()}")
+            if "ready" in self.read_log():
+                try:
+                    if not self.bind.startswith("unix:"):
+                        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"srv did not become ready:\n{self.read_log()}")
+
+    def read_log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=10, since=0):
+        """Waits until the log (from byte offset `since`) matches `pattern`; returns the match."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(pattern, self.read_log()[since:])
+            if m:
+                return m
+            time.sleep(0.05)
+        raise AssertionError(f"log never matched {pattern!r}:\n{self.read_log()}")
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def serve():
+    """serve(args, workers=1, env=None) starts srv and stops it after the test."""
+    started = []
+
+    def start(args, **kw):
+        s = Server(args, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# A raw HTTP/1.1 client: the tests need exact bytes on the wire, not a library's opinion.
+# ---------------------------------------------------------------------------------------
+
+class Response:
+    def __init__(self, status, reason, headers, body):
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+class Conn:
+    """One TCP (or Unix) connection with a buffered reader of HTTP responses."""
+
+    def __init__(self, port=None, unix=None, timeout=10):
+        if unix:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(unix)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        self.buf += chunk
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_response(self, head=False):
+        status_line = self._line().decode()
+        _, code, reason = (status_line.split(" ", 2) + [""])[:3]
+        headers = []
+        while True:
+            line = self._line()
+            if not line:
+                break
+            k, v = line.decode("latin-1").split(":", 1)
+            headers.append((k.strip(), v.strip()))
+        r = Response(int(code), reason, headers, b"")
+        if head or r.status in (204, 304) or 100 <= r.status < 200:
+            return r
+        te = r.header("Transfer-Encoding")
+        cl = r.header("Content-Length")
+        if te and te.lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    while self._line():
+                        pass
+                    break
+                body += self._exact(size)
+                assert self._exact(2) == b"\r\n"
+            r.body = body
+        elif cl is not None:
+            r.body = self._exact(int(cl))
+        else:
+            try:
+                while True:
+                    self._fill()
+            except (EOFError, ConnectionResetError):
+                pass
+            r.body, self.buf = self.buf, b""
+        return r
+
+    def is_closed(self, timeout=2):
+        """True when the peer has closed the connection (after any buffered bytes)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buf += data
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
+
+
+def request(port, method="GET", path="/", headers=None, body=b"", version="HTTP/1.1"):
+    """One request on a fresh connection; returns the Response."""
+    c = Conn(port)
+    try:
+        h = {"Host": "127.0.0.1", "Connection": "close"}
+        h.update(headers or {})
+        if body and "Content-Length" not in h and "Transfer-Encoding" not in h:
+            h["Content-Length"] = str(len(body))
+        head = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+        c.send(head.encode() + (body if isinstance(body, bytes) else body.encode()))
+        return c.read_response(head=(method == "HEAD"))
+    finally:
+        c.close()
