@@ -4,7 +4,8 @@ import SrvGateway
 ///
 /// Everything but the body is copied when the request is made; the body is read from
 /// srv on first use of `body`, `text` or `form`, which must happen before `handle(_:)`
-/// returns (or, for a streamed response, before the stream ends).
+/// returns (or, for a streamed response, before the stream ends). srv's strings are bytes;
+/// they are read as UTF-8 here, invalid sequences becoming U+FFFD.
 public struct Request {
     /// REQUEST_METHOD, such as "GET".
     public var method: String

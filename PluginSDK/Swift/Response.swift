@@ -71,22 +71,26 @@ public struct Response {
                  body: .bytes(Array(html.utf8)))
     }
 
-    /// `application/json` with bytes that already are JSON.
-    public static func json(_ data: [UInt8], status: Int = 200) -> Response {
-        Response(status: status, headers: [("Content-Type", "application/json")], body: .bytes(data))
-    }
-
     /// `application/json` with `value` encoded by `encoder` (by default a JSONEncoder
-    /// that does not escape slashes). Throws the encoder's error.
+    /// with sorted keys, for stable output, that does not escape slashes). Throws the
+    /// encoder's error.
+    ///
+    ///     return try .json(post, status: 201)
     public static func json<T: Encodable>(_ value: T, status: Int = 200,
                                           encoder: JSONEncoder = Response.defaultJSONEncoder()) throws -> Response {
-        .json(Array(try encoder.encode(value)), status: status)
+        let bytes: [UInt8] = Array(try encoder.encode(value))
+        return .json(encoded: bytes, status: status)
+    }
+
+    /// `application/json` with bytes that already are JSON text.
+    public static func json(encoded bytes: [UInt8], status: Int = 200) -> Response {
+        Response(status: status, headers: [("Content-Type", "application/json")], body: .bytes(bytes))
     }
 
     /// The encoder `json(_:status:encoder:)` uses by default.
     public static func defaultJSONEncoder() -> JSONEncoder {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return encoder
     }
 

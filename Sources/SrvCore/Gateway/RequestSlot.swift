@@ -53,8 +53,10 @@ final class RequestSlot {
     var isHead = false
     var http10 = false
     var keepAlive = true
-    /// "GET /path" for logs and the scoreboard.
-    var requestLine = ""
+    /// The request's method and target, for logs.
+    var method = ""
+    var target = ""
+    var requestLine: String { "\(method) \(target)" }
     private var requestIDText = [UInt8](repeating: 0, count: 24)
 
     init(context: GatewayContext) {
@@ -220,10 +222,9 @@ final class RequestSlot {
         let length = requestBody.length
         input.pointee.length = Int64(length)
         if length > 0 || environ.pointee.content_length.len > 0 {
-            var digits = [UInt8](repeating: 0, count: 24)
-            let n = Self.formatDecimal(UInt64(length), into: &digits)
+            let n = Self.formatDecimal(UInt64(length), into: &requestIDText)
             // The arena was sized with room to spare for this.
-            environ.pointee.content_length = digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            environ.pointee.content_length = requestIDText.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
         }
         readOffset = 0
     }
@@ -571,9 +572,13 @@ final class RequestSlot {
     }
 
     static func formatDecimal(_ value: UInt64, into buffer: inout [UInt8]) -> Int {
-        var v = value, tmp = [UInt8](repeating: 0, count: 20), n = 0
-        repeat { tmp[n] = UInt8(48 + v % 10); v /= 10; n += 1 } while v > 0
-        for i in 0..<n { buffer[i] = tmp[n - 1 - i] }
+        var n = 0, v = value
+        repeat { n += 1; v /= 10 } while v > 0
+        v = value
+        buffer.withUnsafeMutableBufferPointer { b in
+            var i = n
+            repeat { i -= 1; b[i] = UInt8(48 + v % 10); v /= 10 } while v > 0
+        }
         return n
     }
 

@@ -43,7 +43,9 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
     private var iterating = false
-    private weak var context: ChannelHandlerContext?
+    /// Strong on purpose (weak references put objects on Swift's slow refcount path);
+    /// cleared when the channel goes inactive.
+    private var context: ChannelHandlerContext?
 
     init(worker: WorkerServer) {
         self.worker = worker
@@ -61,6 +63,8 @@ final class HTTPConnection: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         idleTimer?.cancel()
+        idleTimer = nil
+        self.context = nil
         if let slot = slot {
             if case .responding = phase { worker.scoreboard?.requestEnded() }
             worker.releaseSlot(slot)
@@ -252,7 +256,8 @@ final class HTTPConnection: ChannelDuplexHandler {
         slot.isHead = head.method == .HEAD
         slot.http10 = head.version.minor == 0
         slot.keepAlive = head.isKeepAlive && !closeAfterResponse && !worker.isShuttingDown
-        slot.requestLine = "\(head.method.rawValue) \(head.uri)"
+        slot.method = head.method.rawValue
+        slot.target = head.uri
         let connection = info.trustedProxy ? info.forwarded(by: head.headers) : info!
         do {
             guard try slot.prepare(head: head, connection: connection, router: worker.router, requestID: worker.nextRequestID()) != nil else {
@@ -279,7 +284,7 @@ final class HTTPConnection: ChannelDuplexHandler {
     private func dispatch(context: ChannelHandlerContext) {
         guard let slot = slot else { return }
         slot.bodyComplete()
-        worker.scoreboard?.requestBegan(slot.requestLine)
+        worker.scoreboard?.requestBegan(method: slot.method, target: slot.target)
         slot.begin()
         phase = .responding
         if let pool = worker.threadPool {
@@ -466,8 +471,8 @@ final class HTTPConnection: ChannelDuplexHandler {
     private func armIdleTimer(context: ChannelHandlerContext) {
         let keepAlive = max(worker.settings.keepAlive, 0.001)
         let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
-        idleTimer = context.eventLoop.scheduleTask(in: limit) { [weak self] in
-            guard let self = self, let context = self.context else { return }
+        idleTimer = context.eventLoop.scheduleTask(in: limit) {
+            guard let context = self.context else { return }
             let idleFor = NIODeadline.now() - self.lastActivity
             switch self.phase {
             case .idle where idleFor >= limit:

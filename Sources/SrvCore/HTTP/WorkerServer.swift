@@ -76,8 +76,8 @@ public final class WorkerServer {
         }
         // The heartbeat shows the master that the event loop is not stuck.
         scoreboard?.heartbeat()
-        group.next().scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: .milliseconds(500)) { [weak self] _ in
-            self?.scoreboard?.heartbeat()
+        group.next().scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: .milliseconds(500)) { _ in
+            self.scoreboard?.heartbeat()
         }
     }
 

@@ -1,0 +1,62 @@
+# srv: build, test, run and benchmark.
+#
+#   make run     build srv and the blog example, serve it on http://127.0.0.1:8000
+#   make test    unit tests (swift test) and integration tests (real binary, plugins, sockets)
+#   make bench   hello world beside nginx, kore, gunicorn and uWSGI, measured with wrk
+#
+# On a fresh machine each target first installs what it needs (`make deps`).
+
+SWIFT        ?= swift
+CONFIG       ?= release
+BUILD        := .build/$(CONFIG)
+SRV          := $(BUILD)/srv
+PLUGINS      := build/plugins
+PYTEST       ?= python3 -m pytest
+WORKERS      ?= 3
+BIND         ?= 127.0.0.1:8000
+
+.PHONY: all deps build examples test-plugins blog test unit-test integration-test run bench clean
+
+all: build examples
+
+## Installs the system packages the build and the tests need (Debian/Ubuntu, as root).
+deps:
+	@Tests/deps.sh build
+
+build: deps
+	$(SWIFT) build -c $(CONFIG) --product srv
+
+## The C examples (hello, conformance) and the Swift blog example (libblog.so).
+examples: deps
+	$(MAKE) -C Examples OUT=$(CURDIR)/$(PLUGINS)
+
+blog: deps
+	$(SWIFT) build -c $(CONFIG) --product blog
+
+## Deliberately broken plugins, one per refusal srv must make.
+test-plugins: deps
+	$(MAKE) -C Tests/Plugins OUT=$(CURDIR)/$(PLUGINS) all header-check
+
+unit-test: deps
+	$(SWIFT) test
+
+integration-test: build blog examples test-plugins
+	@Tests/deps.sh test
+	SRV_BIN=$(CURDIR)/$(SRV) PLUGINS=$(CURDIR)/$(PLUGINS) BLOG_SO=$(CURDIR)/$(BUILD)/libblog.so \
+		$(PYTEST) -q -p no:cacheprovider Tests/integration
+
+test: unit-test integration-test
+
+## Serves the blog example: a Swift plugin with SQLite, several workers.
+run: build blog
+	@mkdir -p build/blog-data
+	@echo "srv: serving Examples/blog at http://$(BIND)/  (Ctrl-C stops; kill -HUP \$$(cat build/srv.pid) reloads)"
+	BLOG_DATA_DIR=$(CURDIR)/build/blog-data BLOG_STATIC_DIR=$(CURDIR)/Examples/blog/static \
+		$(SRV) --app $(BUILD)/libblog.so -b $(BIND) -w $(WORKERS) --pid build/srv.pid --access-logfile -
+
+bench: build examples
+	@Tests/deps.sh bench
+	Tests/bench/bench.sh
+
+clean:
+	rm -rf .build build

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# srv beside real peers on this machine, one worker each, measured with wrk in one run:
+#  1. keep-alive hello world (wrk -t1 -c64): nginx, kore, gunicorn, uWSGI and srv (hello.so);
+#  2. a 1 MiB file body: srv (SRV_BODY_FILE, sendfile) against nginx serving the same file;
+#  3. srv's worker RSS idle and under load.
+# Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+secs=${1:-10}; conns=${2:-64}
+srv="$root/.build/release/srv"
+plugins="$root/build/plugins"
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "== 1. hello world, keep-alive, wrk -t1 -c$conns -d${secs}s"
+"$here/peers/bench.sh" "$secs" "$conns" "$srv --app $plugins/libhello.so -b 127.0.0.1:18080 -w 1 --log-level warning"
+
+echo "== 2. 1 MiB file body, wrk -t1 -c$conns -d${secs}s"
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+head -c 1048576 /dev/urandom > "$tmp/file.bin"
+cat > "$tmp/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:18091; root $tmp; }
+}
+CONF
+measure() { # name url
+  for _ in $(seq 100); do curl -sf -o /dev/null "$2" && break; sleep 0.1; done
+  wrk -t1 -c"$conns" -d1s "$2" >/dev/null 2>&1
+  out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$2" 2>&1)
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  tput=$(awk '/Transfer\/sec/ {print $2}' <<<"$out")
+  errs=$(grep -E "Socket errors|Non-2xx" <<<"$out" | tr -s ' ' | tr '\n' ';')
+  printf '%-12s %10s req/s  %10s/s  p99 %8s  %s\n' "$1" "$rps" "$tput" "$p99" "$errs"
+  eval "rps_$3=$rps"
+}
+nginx -c "$tmp/nginx.conf" >/dev/null 2>&1 &
+measure nginx-file "http://127.0.0.1:18091/file.bin" nginx
+kill %1 2>/dev/null; wait 2>/dev/null
+"$srv" --app "$plugins/libconformance.so" -b 127.0.0.1:18092 -w 1 --log-level warning >/dev/null 2>&1 &
+measure srv-file "http://127.0.0.1:18092/file?path=$tmp/file.bin" srv
+awk -v s="${rps_srv:-0}" -v n="${rps_nginx:-1}" 'BEGIN { printf "ratio: srv/nginx (1 MiB file) %.2f\n", s/n }'
+kill %1 2>/dev/null; wait 2>/dev/null
+
+echo "== 3. srv worker memory (hello.so)"
+"$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18093 -w 1 --log-level warning >/dev/null 2>&1 &
+master=$!
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18093/ && break; sleep 0.1; done
+worker=$(pgrep -P "$master" | head -1)
+rss() { awk '/VmRSS/ {print $2 " " $3}' "/proc/$worker/status"; }
+echo "idle RSS:       $(rss)"
+wrk -t1 -c"$conns" -d"${secs}s" http://127.0.0.1:18093/ >/dev/null 2>&1 &
+sleep $((secs / 2)); echo "under load RSS: $(rss)"; wait %2 2>/dev/null
+kill "$master" 2>/dev/null
