@@ -52,6 +52,14 @@ public final class DateCache {
         lock.run { out.writeImmutableBuffer(line) }
     }
 
+    @inline(__always)
+    func write(into out: inout OutBuffer) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME_COARSE, &now)
+        if now.tv_sec != second { refresh() }
+        lock.run { line.withUnsafeReadableBytes { out.append($0) } }
+    }
+
     private func refresh() {
         var now = time(nil)
         var tm = tm()

@@ -41,7 +41,7 @@ final class RequestSlot {
     var requestBody: RequestBody
     private var readOffset = 0
     /// The response as it is built: the head, then body bytes in the chosen framing.
-    var out: ByteBuffer
+    var out = OutBuffer()
     private(set) var state = State.idle
     private(set) var status = 0
     private var appContentLength: Int?
@@ -63,7 +63,6 @@ final class RequestSlot {
         self.context = context
         headers = .allocate(capacity: headerCapacity)
         arena = .allocate(byteCount: arenaCapacity, alignment: 8)
-        out = ByteBufferAllocator().buffer(capacity: 1024)
         requestBody = RequestBody(memoryLimit: context.bodyMemoryLimit, spoolDirectory: context.spoolDirectory)
         var callbacks = srv_sys_request_callbacks()
         callbacks.context = Unmanaged.passUnretained(self).toOpaque()
@@ -285,16 +284,16 @@ final class RequestSlot {
         let statusLength = strlen(status)
         let s = UnsafeRawBufferPointer(start: status, count: statusLength)
         guard statusLength >= 4, Self.isDigit(s[0]), Self.isDigit(s[1]), Self.isDigit(s[2]), s[3] == UInt8(ascii: " "),
-              !s.contains(where: { $0 < 0x20 && $0 != 0x09 || $0 == 0x7f }) else {
+              HTTPChars.isFieldValue(s) else {
             breakRule("invalid status \"\(String(decoding: s.prefix(64), as: UTF8.self))\" (expected three digits, a space and a reason)")
             return nil
         }
         let code = Int(s[0] - 48) * 100 + Int(s[1] - 48) * 10 + Int(s[2] - 48)
         guard code >= 100 else { breakRule("invalid status code \(code)"); return nil }
         out.clear()
-        out.writeStaticString("HTTP/1.1 ")
-        out.writeBytes(s)
-        out.writeStaticString("\r\n")
+        out.append("HTTP/1.1 ")
+        out.append(s)
+        out.append("\r\n")
         appContentLength = nil
         for i in 0..<count {
             guard let h = headers?[i], let np = h.name.ptr, let vp = h.value.ptr else {
@@ -303,8 +302,7 @@ final class RequestSlot {
             }
             let name = UnsafeRawBufferPointer(start: np, count: h.name.len)
             let value = UnsafeRawBufferPointer(start: vp, count: h.value.len)
-            guard name.count > 0, name.allSatisfy({ HTTPChars.isToken($0) }),
-                  value.allSatisfy({ HTTPChars.isFieldValue($0) }) else {
+            guard HTTPChars.isToken(name), HTTPChars.isFieldValue(value) else {
                 breakRule("invalid header \"\(String(decoding: name.prefix(64), as: UTF8.self))\" (a name must be a token; a value must not contain CR, LF or other control characters)")
                 return nil
             }
@@ -319,10 +317,10 @@ final class RequestSlot {
                 }
                 appContentLength = n
             }
-            out.writeBytes(name)
-            out.writeStaticString(": ")
-            out.writeBytes(value)
-            out.writeStaticString("\r\n")
+            out.append(name)
+            out.append(": ")
+            out.append(value)
+            out.append("\r\n")
         }
         self.status = code
         state = .started
@@ -363,28 +361,28 @@ final class RequestSlot {
 
     /// Ends the head: srv's own headers, then the framing the body needs.
     private func finalizeHead(contentLength: Int?) {
-        out.writeStaticString("Server: srv\r\n")
+        out.append("Server: srv\r\n")
         context.dateCache.write(into: &out)
         bodyless = status < 200 || status == 204 || status == 304
         chunked = false
         if bodyless {
         } else if appContentLength != nil {
         } else if let length = contentLength {
-            out.writeStaticString("Content-Length: ")
-            HTTPChars.writeDecimal(length, into: &out)
-            out.writeStaticString("\r\n")
+            out.append("Content-Length: ")
+            out.appendDecimal(length)
+            out.append("\r\n")
         } else if !http10 {
-            out.writeStaticString("Transfer-Encoding: chunked\r\n")
+            out.append("Transfer-Encoding: chunked\r\n")
             chunked = !isHead
         } else {
             keepAlive = false
         }
         if !keepAlive {
-            out.writeStaticString("Connection: close\r\n\r\n")
+            out.append("Connection: close\r\n\r\n")
         } else if http10 {
-            out.writeStaticString("Connection: keep-alive\r\n\r\n")
+            out.append("Connection: keep-alive\r\n\r\n")
         } else {
-            out.writeStaticString("\r\n")
+            out.append("\r\n")
         }
     }
 
@@ -393,19 +391,19 @@ final class RequestSlot {
         bodyBytes += bytes.count
         if isHead || bodyless || bytes.count == 0 { return }
         if chunked {
-            HTTPChars.writeHex(bytes.count, into: &out)
-            out.writeStaticString("\r\n")
-            out.writeBytes(bytes)
-            out.writeStaticString("\r\n")
+            out.appendHex(bytes.count)
+            out.append("\r\n")
+            out.append(bytes)
+            out.append("\r\n")
         } else {
-            out.writeBytes(bytes)
+            out.append(bytes)
         }
     }
 
     /// Appends the end of a chunked body, and checks the length the app announced.
     /// Returns false when the app's Content-Length was not met (the connection must close).
     func endBody() -> Bool {
-        if chunked { out.writeStaticString("0\r\n\r\n") }
+        if chunked { out.append("0\r\n\r\n") }
         if let announced = appContentLength, !bodyless, announced != bodyBytes {
             breakRule("Content-Length mismatch (announced \(announced), sent \(bodyBytes))")
             return false
@@ -519,10 +517,10 @@ final class RequestSlot {
         out.clear()
         status = 500
         let text = "Internal Server Error\n"
-        out.writeStaticString("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n")
+        out.append("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n")
         appContentLength = nil
         finalizeHead(contentLength: text.utf8.count)
-        if !isHead { out.writeString(text) }
+        if !isHead { out.append(string: text) }
         bodyBytes = text.utf8.count
         state = .streaming
         return .complete

@@ -30,14 +30,14 @@ struct ConnectionInfo {
 
     /// Applies X-Forwarded-For (its last address, the one the trusted proxy saw) and
     /// X-Forwarded-Proto from a trusted peer.
-    func forwarded(by headers: HTTPHeaders) -> ConnectionInfo {
+    func forwarded(for xff: String?, proto: String?) -> ConnectionInfo {
         var copy = self
-        if let xff = headers.first("x-forwarded-for"),
+        if let xff = xff,
            let last = xff.split(separator: ",").last?.trimmingSpaces, !last.isEmpty {
             copy.remoteAddress = last
             copy.remotePort = ""
         }
-        if let proto = headers.first("x-forwarded-proto")?.trimmingSpaces.lowercased(), proto == "https" || proto == "http" {
+        if let proto = proto?.trimmingSpaces.lowercased(), proto == "https" || proto == "http" {
             copy.scheme = proto
         }
         return copy

@@ -208,6 +208,8 @@ final class HTTPConnection: ChannelDuplexHandler {
         var contentLengthCount = 0
         var transferEncoding: String?
         var expect: String?
+        var forwardedFor: String?, forwardedProto: String?
+        let trusted = info.trustedProxy
         for (name, value) in head.headers {
             if s.limitRequestFieldSize > 0 && name.utf8.count + value.utf8.count + 2 > s.limitRequestFieldSize {
                 reject(status: 431, message: "header field \(name) is larger than the limit of \(s.limitRequestFieldSize) bytes (--limit-request-field-size)", context: context)
@@ -225,6 +227,10 @@ final class HTTPConnection: ChannelDuplexHandler {
                 transferEncoding = (transferEncoding.map { $0 + "," } ?? "") + value
             case 6 where HTTPChars.equalsLower(name, "expect"):
                 expect = value
+            case 15 where trusted && HTTPChars.equalsLower(name, "x-forwarded-for"):
+                forwardedFor = value
+            case 17 where trusted && HTTPChars.equalsLower(name, "x-forwarded-proto"):
+                forwardedProto = value
             default: break
             }
         }
@@ -258,7 +264,8 @@ final class HTTPConnection: ChannelDuplexHandler {
         slot.keepAlive = head.isKeepAlive && !closeAfterResponse && !worker.isShuttingDown
         slot.method = head.method.rawValue
         slot.target = head.uri
-        let connection = info.trustedProxy ? info.forwarded(by: head.headers) : info!
+        let connection = forwardedFor != nil || forwardedProto != nil
+            ? info.forwarded(for: forwardedFor, proto: forwardedProto) : info!
         do {
             guard try slot.prepare(head: head, connection: connection, router: worker.router, requestID: worker.nextRequestID()) != nil else {
                 worker.releaseSlot(slot)
@@ -304,14 +311,14 @@ final class HTTPConnection: ChannelDuplexHandler {
         if case .closing = phase { worker.releaseSlot(slot); self.slot = nil; return }
         switch slot.finish(rc) {
         case .complete:
-            context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
             needsFlush = true
             requestFinished(context: context)
         case .iterate:
             iterating = true
             pump(context: context)
         case .file(let fd, let offset, let length):
-            context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
             let copy = dup(fd)
             guard copy >= 0 else {
                 worker.log(.error, "cannot dup the file body's fd: \(String(cString: strerror(errno)))")
@@ -353,7 +360,7 @@ final class HTTPConnection: ChannelDuplexHandler {
                     iterating = false
                     let complete = slot.endBody()
                     slot.closeBody()
-                    context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil)
+                    context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
                     if !complete {
                         worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\(slot.rule ?? "")' on \(slot.requestLine)")
                         context.flush()
@@ -366,13 +373,13 @@ final class HTTPConnection: ChannelDuplexHandler {
                     requestFinished(context: context)
                     return
                 }
-                if slot.out.readableBytes >= 16384 {
-                    context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil)
+                if slot.out.count >= 16384 {
+                    context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
                     slot.out.clear()
                 }
             }
-            if slot.out.readableBytes > 0 {
-                context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil)
+            if slot.out.count > 0 {
+                context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
                 slot.out.clear()
             }
             context.flush()
@@ -381,7 +388,7 @@ final class HTTPConnection: ChannelDuplexHandler {
             iterating = false
             worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\((error as? AppFailure)?.rule ?? "\(error)")' on \(slot.requestLine); connection aborted")
             slot.closeBody()
-            if slot.out.readableBytes > 0 { context.write(wrapOutboundOut(.byteBuffer(slot.out)), promise: nil) }
+            if slot.out.count > 0 { context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil) }
             context.flush()
             context.close(promise: nil)
             phase = .closing

@@ -1,0 +1,82 @@
+import Glibc
+import NIOCore
+
+/// The response as it is built: plain memory with inlined appends. Many small ByteBuffer
+/// writes cost a few hundred instructions each (uniqueness and capacity checks); building
+/// here and copying once into a ByteBuffer per write is several times cheaper.
+struct OutBuffer {
+    private(set) var base: UnsafeMutableRawPointer
+    private(set) var count = 0
+    private var capacity: Int
+
+    init(capacity: Int = 4096) {
+        self.capacity = capacity
+        base = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    /// Frees the memory; the owner calls this once.
+    func deallocate() { base.deallocate() }
+
+    @inline(__always) mutating func clear() { count = 0 }
+
+    @inline(__always) mutating func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+
+    private mutating func grow(_ needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity < needed { newCapacity *= 2 }
+        let fresh = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        fresh.copyMemory(from: base, byteCount: count)
+        base.deallocate()
+        base = fresh
+        capacity = newCapacity
+    }
+
+    @inline(__always) mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
+        reserve(n)
+        (base + count).copyMemory(from: p, byteCount: n)
+        count += n
+    }
+
+    @inline(__always) mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        if let p = bytes.baseAddress, bytes.count > 0 { append(p, bytes.count) }
+    }
+
+    @inline(__always) mutating func append(_ s: StaticString) {
+        append(UnsafeRawPointer(s.utf8Start), s.utf8CodeUnitCount)
+    }
+
+    mutating func append(string: String) {
+        var s = string
+        s.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func appendDecimal(_ value: Int) {
+        reserve(20)
+        var n = 1, v = value
+        while v >= 10 { v /= 10; n += 1 }
+        v = value
+        var i = n
+        let p = (base + count).assumingMemoryBound(to: UInt8.self)
+        repeat { i -= 1; p[i] = UInt8(48 + v % 10); v /= 10 } while v > 0
+        count += n
+    }
+
+    mutating func appendHex(_ value: Int) {
+        reserve(16)
+        var n = 1
+        while value >> (4 * n) != 0 && n < 16 { n += 1 }
+        let p = (base + count).assumingMemoryBound(to: UInt8.self)
+        let digits: StaticString = "0123456789abcdef"
+        for i in 0..<n { p[i] = digits.utf8Start[(value >> (4 * (n - 1 - i))) & 0xf] }
+        count += n
+    }
+
+    /// One copy into a ByteBuffer for the channel.
+    func byteBuffer(_ allocator: ByteBufferAllocator) -> ByteBuffer {
+        var b = allocator.buffer(capacity: count)
+        b.writeBytes(UnsafeRawBufferPointer(start: base, count: count))
+        return b
+    }
+}
