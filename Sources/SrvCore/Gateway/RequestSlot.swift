@@ -21,6 +21,9 @@ final class RequestSlot {
         case iterate
         /// `out` is the head; then send `length` bytes of `fd` from `offset`.
         case file(fd: Int32, offset: Int, length: Int)
+        /// The response was committed (written) before a rule broke: send `out` as it is,
+        /// then close the connection so the client sees a truncated response.
+        case abort
     }
 
     let context: GatewayContext
@@ -442,12 +445,14 @@ final class RequestSlot {
         let name = app?.plugin.name ?? "?"
         if rc != SRV_OK { breakRule("app returned SRV_ERROR") }
         if state == .awaitingStart { breakRule("start_response not called") }
-        if let rule = rule { return fail(app: name, rule: rule) }
+        // After a write the head and body bytes count as sent (GATEWAY.md "committed").
+        let committed = state == .streaming
+        if let rule = rule { return committed ? abort(app: name, rule: rule) : fail(app: name, rule: rule) }
         let b = body.pointee
         switch b.kind {
         case Int32(SRV_BODY_EMPTY.rawValue):
             if state == .started { finalizeHead(contentLength: appContentLength ?? 0) }
-            if !endBody() { return fail(app: name, rule: rule!) }
+            if !endBody() { return committed ? abort(app: name, rule: rule!) : fail(app: name, rule: rule!) }
             closeBody()
             return .complete
         case Int32(SRV_BODY_BYTES.rawValue):
@@ -461,7 +466,7 @@ final class RequestSlot {
             appendBody(bytes)
             let ok = endBody()
             closeBody()
-            if !ok { return fail(app: name, rule: rule!) }
+            if !ok { return committed ? abort(app: name, rule: rule!) : fail(app: name, rule: rule!) }
             return .complete
         case Int32(SRV_BODY_ITER.rawValue):
             guard b.next != nil else { return fail(app: name, rule: "iterator body without next") }
@@ -508,6 +513,15 @@ final class RequestSlot {
         if rc == 0 { return false }
         breakRule("iterator returned SRV_ERROR")
         throw AppFailure(rule: rule!)
+    }
+
+    /// Ends a committed response that broke a rule: what was written goes out, then the
+    /// connection closes.
+    private func abort(app name: String, rule: String) -> Outcome {
+        context.log(.error, "app \(name) broke rule '\(rule)' on \(requestLine); connection aborted")
+        closeBody()
+        keepAlive = false
+        return .abort
     }
 
     /// A 500 in place of whatever was built (nothing has reached the client yet).

@@ -209,6 +209,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         var transferEncoding: String?
         var expect: String?
         var forwardedFor: String?, forwardedProto: String?
+        var hostCount = 0
         let trusted = info.trustedProxy
         for (name, value) in head.headers {
             if s.limitRequestFieldSize > 0 && name.utf8.count + value.utf8.count + 2 > s.limitRequestFieldSize {
@@ -225,6 +226,8 @@ final class HTTPConnection: ChannelDuplexHandler {
                 }
             case 17 where HTTPChars.equalsLower(name, "transfer-encoding"):
                 transferEncoding = (transferEncoding.map { $0 + "," } ?? "") + value
+            case 4 where HTTPChars.equalsLower(name, "host"):
+                hostCount += 1
             case 6 where HTTPChars.equalsLower(name, "expect"):
                 expect = value
             case 15 where trusted && HTTPChars.equalsLower(name, "x-forwarded-for"):
@@ -233,6 +236,10 @@ final class HTTPConnection: ChannelDuplexHandler {
                 forwardedProto = value
             default: break
             }
+        }
+        if hostCount > 1 || (hostCount == 0 && head.version.minor >= 1) {
+            reject(status: 400, message: hostCount > 1 ? "a request must have one Host header, found \(hostCount)" : "an HTTP/1.1 request must have a Host header", context: context)
+            return
         }
         if let te = transferEncoding {
             if te.trimmingSpaces.lowercased() != "chunked" {
@@ -314,6 +321,13 @@ final class HTTPConnection: ChannelDuplexHandler {
             context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
             needsFlush = true
             requestFinished(context: context)
+        case .abort:
+            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
+            context.flush()
+            phase = .closing
+            worker.releaseSlot(slot)
+            self.slot = nil
+            context.close(promise: nil)
         case .iterate:
             iterating = true
             pump(context: context)

@@ -36,8 +36,12 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
             if proxied.source != nil { context.fireUserInboundEventTriggered(proxied) }
             let rest = buffer!
             buffer = nil
+            // Pass on what followed the header before leaving the pipeline.
+            if rest.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(rest))
+                context.fireChannelReadComplete()
+            }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-            if rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
         } catch {
             logger.info("closing a connection: \(error)")
             context.close(promise: nil)

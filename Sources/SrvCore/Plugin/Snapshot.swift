@@ -59,6 +59,8 @@ public struct Snapshot: Equatable, Codable {
             throw PluginError.unreadable(path: path, reason: String(cString: strerror(errno)))
         }
         defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG { throw PluginError.notRegularFile(path: path) }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {

@@ -121,10 +121,13 @@ public enum WorkerProcess {
         send(.ready)
         logger.debug("worker \(getpid()) of generation \(generation) ready: \(mounted.map { "\($0.plugin.name) \($0.plugin.snapshot?.shortHash ?? "")" }.joined(separator: ", "))")
 
+        let waitSet = signalSet
+        let logs = accessLog
         let signalThread = Thread {
+            var set = waitSet
             while true {
                 var sig: Int32 = 0
-                guard sigwait(&signalSet, &sig) == 0 else { continue }
+                guard sigwait(&set, &sig) == 0 else { continue }
                 switch sig {
                 case SIGTERM, SIGHUP:
                     server.shutdownGracefully(timeout: settings.gracefulTimeout)
@@ -132,7 +135,7 @@ public enum WorkerProcess {
                     exit(0)
                 case SIGUSR1:
                     ErrorLog.shared.reopen()
-                    accessLog?.reopen()
+                    logs?.reopen()
                 default:
                     break
                 }
