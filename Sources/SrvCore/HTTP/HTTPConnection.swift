@@ -43,6 +43,8 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
     private var iterating = false
+    /// Responses sent on this connection; a fresh one may have its first request in flight.
+    private var served = 0
     /// Strong on purpose (weak references put objects on Swift's slow refcount path);
     /// cleared when the channel goes inactive.
     private var context: ChannelHandlerContext?
@@ -419,6 +421,7 @@ final class HTTPConnection: ChannelDuplexHandler {
             self.slot = nil
             worker.requestCompleted()
         }
+        served += 1
         iterating = false
         lastActivity = .now()
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
@@ -510,11 +513,14 @@ final class HTTPConnection: ChannelDuplexHandler {
         }
     }
 
-    /// Graceful shutdown: close now when idle, otherwise after the response in progress.
+    /// Graceful shutdown: close an idle keep-alive connection now, otherwise after the
+    /// response in progress. A connection that has not sent its first request yet was
+    /// accepted moments ago and its request is likely on the way: it is answered (with
+    /// Connection: close) rather than reset.
     func shutdownGracefully() {
         guard let context = context else { return }
         closeAfterResponse = true
-        if case .idle = phase, queue.isEmpty {
+        if case .idle = phase, queue.isEmpty, served > 0 {
             phase = .closing
             context.close(promise: nil)
         }

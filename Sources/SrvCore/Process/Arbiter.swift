@@ -82,6 +82,7 @@ public final class Arbiter {
     /// Runs the master until it stops; returns the process exit code.
     public func run() -> Int32 {
         signal(SIGPIPE, SIG_IGN)
+        _ = Spawn.installedExecutable  // remember where we came from before a deploy replaces it
         let handled = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
         signalFD = handled.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
         guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }
@@ -157,7 +158,7 @@ public final class Arbiter {
 
     private func cleanup() {
         if let pidFile = settings.pidFile,
-           let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingSpaces == String(getpid()) {
+           let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingCharacters(in: .whitespacesAndNewlines) == String(getpid()) {
             unlink(pidFile)
         }
         unlink(statusPath)
@@ -435,8 +436,11 @@ public final class Arbiter {
                 continue
             }
             var stuck: String?
-            if let started = w.scoreboard.requestStarted, now > started, now - started > timeout {
-                stuck = "worker \(w.pid) timed out after \(String(format: "%.1f", Double(now - started) / 1e9)) s serving \"\(w.scoreboard.currentRequest)\" (--timeout \(settings.timeout) s); aborting it"
+            if let started = w.scoreboard.requestStarted {
+                // In a request the request's own age decides (the heartbeat stops with it).
+                if now > started, now - started > timeout {
+                    stuck = "worker \(w.pid) timed out after \(String(format: "%.1f", Double(now - started) / 1e9)) s serving \"\(w.scoreboard.currentRequest)\" (--timeout \(settings.timeout) s); aborting it"
+                }
             } else if now > w.scoreboard.lastHeartbeat, now - w.scoreboard.lastHeartbeat > timeout, w.scoreboard.lastHeartbeat > 0 {
                 stuck = "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(now - w.scoreboard.lastHeartbeat) / 1e9)) s (--timeout \(settings.timeout) s); aborting it"
             }
@@ -461,7 +465,7 @@ public final class Arbiter {
     func manageWorkers() {
         guard let g = current else { return }
         let live = workers.values.filter { $0.generation === g && $0.terminatedAt == nil && $0.abortedAt == nil && !$0.retireRequested }
-        let serving = live.filter { $0.replaces == nil || !$0.ready }.count
+        let serving = live.count
         if serving < g.target && Date() >= nextSpawnAllowed {
             for _ in serving..<g.target { spawnWorker(g) }
         } else if serving > g.target {
@@ -603,7 +607,7 @@ public final class Arbiter {
         var args = Array(CommandLine.arguments.dropFirst())
         if args.first == "serve" { args.removeFirst() }
         do {
-            let pid = try Spawn.srv(["serve"] + args, fds: listeners.map { $0.fd },
+            let pid = try Spawn.srv(["serve"] + args, executable: access(Spawn.installedExecutable, X_OK) == 0 ? Spawn.installedExecutable : Spawn.executable, fds: listeners.map { $0.fd },
                                     extraEnvironment: ["SRV_INHERIT_LISTENERS": String(listeners.count),
                                                        "SRV_OLD_MASTER_PID": String(getpid())],
                                     removing: ["LISTEN_FDS", "LISTEN_PID"])

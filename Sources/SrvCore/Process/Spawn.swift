@@ -5,25 +5,32 @@ import Glibc
 /// Starting srv's own executable as a child (a worker, a plugin check, a new master).
 /// posix_spawn, never fork(): a forked Swift process with NIO threads is not safe.
 public enum Spawn {
-    /// This executable, as the kernel knows it (works after the file was replaced).
-    public static var executable: String {
+    /// The running executable itself. Workers are started from it, so they always run the
+    /// master's own code, even after a deploy replaced or deleted the file.
+    public static let executable = "/proc/self/exe"
+
+    /// The file this executable was started from, read at startup. USR2 starts the new
+    /// master from it, so a deployed binary takes over.
+    public static let installedExecutable: String = {
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        if n > 0 { return String(cString: buffer) }
+        if n > 0 {
+            let path = String(cString: buffer)
+            return path.hasSuffix(" (deleted)") ? String(path.dropLast(10)) : path
+        }
         return CommandLine.arguments[0]
-    }
+    }()
 
     /// Starts `srv ARGS...` with `fds` at 3.. and `extraEnvironment` added.
-    public static func srv(_ arguments: [String], fds: [Int32], extraEnvironment: [String: String],
-                           removing: [String] = []) throws -> pid_t {
+    public static func srv(_ arguments: [String], executable exe: String = Spawn.executable, fds: [Int32],
+                           extraEnvironment: [String: String], removing: [String] = []) throws -> pid_t {
         var env = ProcessInfo.processInfo.environment
         for key in removing { env[key] = nil }
         for (k, v) in extraEnvironment { env[k] = v }
         // Swift's crash backtracer catches the plugin's SIGSEGV in the child and can even
         // return from raise(); srv reports crashes itself from the exit status.
         if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
-        let exe = executable
-        let argv = ([exe] + arguments).map { strdup($0) } + [nil]
+        let argv = ([installedExecutable] + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             for p in argv { free(p) }
