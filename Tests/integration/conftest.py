@@ -34,21 +34,27 @@ def free_port():
 class Server:
     """A running srv master with its workers, on a free port, logging to a file."""
 
-    def __init__(self, args, workers=1, env=None, bind=None, wait=True, tmp=None):
+    def __init__(self, args, workers=1, env=None, bind=None, wait=True, tmp=None, port=None,
+                 wrapper=None, popen_kw=None):
+        """workers=None leaves -w out (the config file or SRV_CMD_ARGS decides); port names
+        the TCP port wait_ready probes when `bind` is given; wrapper is a command srv's
+        command line is appended to (it must exec srv, so the pid stays the master's);
+        popen_kw goes to Popen as is (pass_fds for socket activation)."""
         self.tmp = tmp or tempfile.mkdtemp(prefix="srv-test-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.bind = bind or f"127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.tmp, "error.log")
         self.pid_path = os.path.join(self.tmp, "srv.pid")
         self.status_path = os.path.join(self.tmp, "status.json")
-        cmd = [SRV, "-b", self.bind, "-w", str(workers), "--pid", self.pid_path,
+        cmd = [SRV, "-b", self.bind] + (["-w", str(workers)] if workers is not None else []) + ["--pid", self.pid_path,
                "--status-file", self.status_path,
                "--snapshot-dir", os.path.join(self.tmp, "snapshots")] + list(args)
+        cmd = list(wrapper or []) + cmd
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
-                                     start_new_session=True)
+                                     start_new_session=True, **(popen_kw or {}))
         if wait:
             self.wait_ready()
 
