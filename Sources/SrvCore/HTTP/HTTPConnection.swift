@@ -45,6 +45,7 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var iterating = false
     /// Responses sent on this connection; a fresh one may have its first request in flight.
     private var served = 0
+    private var tornDown = false
     /// Strong on purpose (weak references put objects on Swift's slow refcount path);
     /// cleared when the channel goes inactive.
     private var context: ChannelHandlerContext?
@@ -64,9 +65,22 @@ final class HTTPConnection: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        teardown()
+        context.fireChannelInactive()
+    }
+
+    /// Also runs for a channel closed before it ever became active (then there is no
+    /// channelInactive), so the worker never waits for a connection that is gone.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        teardown()
+    }
+
+    private func teardown() {
+        if tornDown { return }
+        tornDown = true
         idleTimer?.cancel()
         idleTimer = nil
-        self.context = nil
+        context = nil
         if let slot = slot {
             if case .responding = phase { worker.scoreboard?.requestEnded() }
             worker.releaseSlot(slot)
@@ -74,7 +88,6 @@ final class HTTPConnection: ChannelDuplexHandler {
         }
         phase = .closing
         worker.connectionClosed(self)
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

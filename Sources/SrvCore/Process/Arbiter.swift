@@ -115,6 +115,8 @@ public final class Arbiter {
     }
 
     private func loop() -> Int32 {
+        for sig in signalsDuringBoot { handleSignal(sig) }
+        signalsDuringBoot.removeAll()
         while true {
             var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
             for w in workers.values { fds.append(pollfd(fd: w.control, events: Int16(POLLIN), revents: 0)) }
@@ -161,8 +163,8 @@ public final class Arbiter {
            let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingCharacters(in: .whitespacesAndNewlines) == String(getpid()) {
             unlink(pidFile)
         }
-        unlink(statusPath)
-        // A Unix socket file belongs to us unless a new master (USR2) inherited it.
+        // The status file and Unix socket files belong to the new master after USR2.
+        if reexecChild == nil || settings.statusFile == nil { unlink(statusPath) }
         if reexecChild == nil {
             for l in listeners { if case .unix(let path) = l.address { unlink(path) } }
         }
@@ -276,7 +278,11 @@ public final class Arbiter {
             return w
         } catch {
             close(pipe.read); close(pipe.write)
-            logger.error("\(error)")
+            bootFailures += 1
+            let delay = min(0.1 * pow(2.0, Double(bootFailures - 1)), 10)
+            nextSpawnAllowed = Date().addingTimeInterval(delay)
+            lastSpawnError = "\(error)"
+            logger.error("\(error); retrying in \(String(format: "%.1f", delay)) s")
             return nil
         }
     }
@@ -298,6 +304,7 @@ public final class Arbiter {
                     for w in workers.values { kill(w.pid, SIGKILL) }
                     return false
                 }
+                if sig != SIGCHLD { signalsDuringBoot.append(sig) }
             }
             if let failed = workers.values.first(where: { $0.failure != nil }) ?? nil {
                 logger.critical("worker failed to boot: \(failed.failure!)")
@@ -311,6 +318,7 @@ public final class Arbiter {
             }
             let booting = workers.values.filter { $0.generation === g }
             if !booting.isEmpty && booting.allSatisfy({ $0.ready }) {
+                writeStatusIfDue(force: true)
                 logger.info("generation \(g.number) ready: \(booting.count) worker(s) serving \(g.versions)")
                 return true
             }
@@ -323,6 +331,9 @@ public final class Arbiter {
     }
 
     var lastBootDeath: String?
+    var lastSpawnError: String?
+    /// HUP, TTIN, TTOU... that arrived while the first generation booted; handled after.
+    var signalsDuringBoot: [Int32] = []
 
     private func killGeneration(_ g: Generation) {
         for w in workers.values where w.generation === g { kill(w.pid, SIGKILL) }
@@ -467,7 +478,7 @@ public final class Arbiter {
         let live = workers.values.filter { $0.generation === g && $0.terminatedAt == nil && $0.abortedAt == nil && !$0.retireRequested }
         let serving = live.count
         if serving < g.target && Date() >= nextSpawnAllowed {
-            for _ in serving..<g.target { spawnWorker(g) }
+            for _ in serving..<g.target where spawnWorker(g) == nil { break }
         } else if serving > g.target {
             // TTOU: retire the oldest.
             for w in live.sorted(by: { $0.started < $1.started }).prefix(serving - g.target) { terminate(w) }
@@ -512,7 +523,10 @@ public final class Arbiter {
         logger.logLevel = Logger.Level(setting: fresh.logLevel)
         pending = g
         logger.info("reload: booting generation \(g.number) (\(g.versions)) with \(g.target) worker(s)")
-        for _ in 0..<g.target { spawnWorker(g) }
+        for _ in 0..<g.target where spawnWorker(g) == nil {
+            failReload("cannot start a worker: \(lastSpawnError ?? "unknown error")")
+            return
+        }
     }
 
     private func failReload(_ reason: String) {
@@ -521,6 +535,7 @@ public final class Arbiter {
         lastReloadError = reason
         killGeneration(g)
         pending = nil
+        writeStatusIfDue(force: true)
         notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(current?.number ?? 0) keeps serving")
     }
 
@@ -539,6 +554,7 @@ public final class Arbiter {
         lastReloadError = nil
         bootFailures = 0
         for w in workers.values where w.generation !== g { terminate(w) }
+        writeStatusIfDue(force: true)
         logger.info("generation \(g.number) ready (\(g.versions)); retiring generation \(old?.number ?? 0)")
         notify.send("READY=1\nSTATUS=serving generation \(g.number): \(g.versions)")
         if let watcher = watcher { watcher.update(settings: g.settings) } else if g.settings.reload {
@@ -577,10 +593,10 @@ public final class Arbiter {
                 let message = "\(error)"
                 errors[mount.prefix] = message
                 if let old = old, isDirectoryApp {
-                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message); keeping its previous build \(old.snapshot.shortHash)")
+                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message) (keeping its previous build \(old.snapshot.shortHash))")
                     apps.append(old)
                 } else if isDirectoryApp {
-                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message); not mounted")
+                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message) (not mounted)")
                 } else {
                     logger.error("\(message)")
                     lastReloadError = message
@@ -627,8 +643,8 @@ public final class Arbiter {
         FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
     }
 
-    func writeStatusIfDue() {
-        guard Date().timeIntervalSince(lastStatusWrite) >= 0.5 else { return }
+    func writeStatusIfDue(force: Bool = false) {
+        guard force || Date().timeIntervalSince(lastStatusWrite) >= 0.5 else { return }
         lastStatusWrite = Date()
         let now = Scoreboard.now()
         var status = ArbiterStatus(
