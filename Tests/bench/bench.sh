@@ -17,7 +17,8 @@ echo "== 1. hello world, keep-alive, wrk -t1 -c$conns -d${secs}s"
 echo "== 2. 1 MiB file body, wrk -t1 -c$conns -d${secs}s"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
-head -c 1048576 /dev/urandom > "$tmp/file.bin"
+chmod 755 "$tmp"
+head -c 1048576 /dev/urandom > "$tmp/file.bin"; chmod 644 "$tmp/file.bin"
 cat > "$tmp/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;

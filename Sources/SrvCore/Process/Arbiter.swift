@@ -82,7 +82,7 @@ public final class Arbiter {
     /// Runs the master until it stops; returns the process exit code.
     public func run() -> Int32 {
         signal(SIGPIPE, SIG_IGN)
-        _ = Spawn.installedExecutable  // remember where we came from before a deploy replaces it
+        _ = Spawn.executable  // remember where we came from before a deploy replaces it
         let handled = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
         signalFD = handled.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
         guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }

@@ -5,9 +5,22 @@ import Glibc
 /// Starting srv's own executable as a child (a worker, a plugin check, a new master).
 /// posix_spawn, never fork(): a forked Swift process with NIO threads is not safe.
 public enum Spawn {
-    /// The running executable itself. Workers are started from it, so they always run the
-    /// master's own code, even after a deploy replaced or deleted the file.
-    public static let executable = "/proc/self/exe"
+    /// The executable workers are started from: the file srv was started from while it is
+    /// still the same file, else the running image itself (/proc/self/exe), so workers
+    /// always run the master's own code even after a deploy replaced or deleted the file.
+    public static var executable: String {
+        var st = stat()
+        if stat(installedExecutable, &st) == 0, UInt(st.st_dev) == installedIdentity.dev, UInt(st.st_ino) == installedIdentity.ino {
+            return installedExecutable
+        }
+        return "/proc/self/exe"
+    }
+
+    private static let installedIdentity: (dev: UInt, ino: UInt) = {
+        var st = stat()
+        guard stat(installedExecutable, &st) == 0 else { return (0, 0) }
+        return (UInt(st.st_dev), UInt(st.st_ino))
+    }()
 
     /// The file this executable was started from, read at startup. USR2 starts the new
     /// master from it, so a deployed binary takes over.
