@@ -30,7 +30,8 @@
  *   /closes                  how many bodies got a close, and how many were closed
  *   /error/no-start-response, /error/twice, /error/bad-status, /error/bad-header,
  *   /error/bad-header-name, /error/hop-by-hop, /error/after-body, /error/return,
- *   /error/iter, /error/content-length    one broken rule each (see GATEWAY.md)
+ *   /error/iter, /error/content-length, /error/iter-too-long
+ *                            one broken rule each (see GATEWAY.md)
  *   anything else            404 "not found\n"
  *
  * Environment: SRV_CONFORMANCE_FAIL_LOAD makes the load hook fail;
@@ -569,6 +570,26 @@ static int route_big(const srv_environ *env, srv_start_response_fn start_respons
     return respond_iter(start_response, body, big_next, it);
 }
 
+/* Rule 'Content-Length mismatch' on a stream: Content-Length 7, then 3 chunks of 5 bytes.
+ * srv must never send more than 7 body bytes (the excess would pass for the next
+ * response on a keep-alive connection) and then abort the connection. */
+static int route_error_iter_too_long(srv_start_response_fn start_response, srv_body *body) {
+    static const srv_header headers[] = {HDR("Content-Type", "text/plain"), HDR("Content-Length", "7")};
+    letters_iter *it = (letters_iter *)malloc(sizeof *it + 5);
+    if (it == NULL) return SRV_ERROR;
+    it->remaining = 3;
+    it->index = 0;
+    it->size = 5;
+    if (start_response("200 OK", headers, COUNT(headers), NULL) == NULL) {
+        free(it);
+        return SRV_ERROR;
+    }
+    body->kind = SRV_BODY_ITER;
+    body->next = letters_next;
+    set_close(body, close_free, it);
+    return SRV_OK;
+}
+
 static int route_error_iter(srv_start_response_fn start_response, srv_body *body) {
     failing_iter *it = (failing_iter *)malloc(sizeof *it);
     if (it == NULL) return SRV_ERROR;
@@ -768,6 +789,9 @@ static int route_error(const srv_environ *env, srv_start_response_fn start_respo
     if (str_is(what, "/error/iter")) {
         /* The iterator fails after one chunk: srv aborts the connection. */
         return route_error_iter(start_response, body);
+    }
+    if (str_is(what, "/error/iter-too-long")) {
+        return route_error_iter_too_long(start_response, body);
     }
     if (str_is(what, "/error/content-length")) {
         /* Rule 'Content-Length mismatch': 100 promised, 5 given. */

@@ -1161,6 +1161,24 @@ def test_app_error_after_body_aborts_threads(threaded):
     check_after_body_aborts(threaded)
 
 
+def test_stream_longer_than_its_content_length_is_cut(app):
+    """An iterator that yields more than the Content-Length it announced: srv sends exactly
+    the announced bytes and closes, so nothing can pass for the response to the request
+    pipelined behind it."""
+    since = len(app.read_log())
+    c = Conn(app.port)
+    try:
+        c.send(req("GET", "/error/iter-too-long") + req("GET", "/counter"))
+        raw, closed = read_all(c)
+        assert closed, raw
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 7" in head, raw
+        assert body == b"aaaaabb", raw
+    finally:
+        c.close()
+    app.wait_log(r"broke rule 'Content-Length mismatch \(announced 7", since=since)
+
+
 def test_exc_info_replaces_status(app):
     since = len(app.read_log())
     c = Conn(app.port)

@@ -391,8 +391,16 @@ final class RequestSlot {
 
     /// Appends body bytes in the current framing (nothing for HEAD and bodyless statuses).
     func appendBody(_ bytes: UnsafeRawBufferPointer) {
+        let before = bodyBytes
         bodyBytes += bytes.count
         if isHead || bodyless || bytes.count == 0 { return }
+        var bytes = bytes
+        if let announced = appContentLength, !chunked, bytes.count > announced - before {
+            // Never send more than announced: on a keep-alive connection the excess would
+            // be read as the next response.
+            bytes = UnsafeRawBufferPointer(rebasing: bytes[..<max(0, announced - before)])
+            breakRule("Content-Length mismatch (announced \(announced), the body is longer)")
+        }
         if chunked {
             out.appendHex(bytes.count)
             out.append("\r\n")
@@ -508,6 +516,7 @@ final class RequestSlot {
         let rc = b.next!(b.ctx, &data, &len)
         if rc == 1 {
             if let data = data, len > 0 { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
+            if let rule = rule { throw AppFailure(rule: rule) }
             return true
         }
         if rc == 0 { return false }
