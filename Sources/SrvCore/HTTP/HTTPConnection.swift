@@ -11,9 +11,8 @@ import SrvGateway
 /// answered strictly in order; while a response is still streaming (an iterator or file
 /// body, or an app running on --threads) further pipelined requests wait in `queue` and
 /// reads stop, so a client cannot make srv buffer without bound.
-final class HTTPConnection: ChannelDuplexHandler {
+final class HTTPConnection: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = IOData
     typealias OutboundOut = IOData
 
     enum Phase {
@@ -36,7 +35,10 @@ final class HTTPConnection: ChannelDuplexHandler {
     private var head: HTTPRequestHead?
     private var queue = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
     private var draining = false
-    private var pendingRead = false
+    /// autoRead is off while a response streams or the app runs on a thread: pipelined
+    /// input then waits in the socket, not in srv's memory. Toggled only on those paths,
+    /// so an inline response costs nothing extra.
+    private var readsPaused = false
     private var needsFlush = false
     private var closeAfterResponse = false
     private var lastActivity = NIODeadline.now()
@@ -115,11 +117,16 @@ final class HTTPConnection: ChannelDuplexHandler {
         context.fireChannelReadComplete()
     }
 
-    func read(context: ChannelHandlerContext) {
-        switch phase {
-        case .responding, .closing: pendingRead = true
-        default: context.read()
-        }
+    private func pauseReads(context: ChannelHandlerContext) {
+        guard !readsPaused else { return }
+        readsPaused = true
+        try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+    }
+
+    private func resumeReads(context: ChannelHandlerContext) {
+        guard readsPaused else { return }
+        readsPaused = false
+        try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -317,6 +324,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         slot.begin()
         phase = .responding
         if let pool = worker.threadPool {
+            pauseReads(context: context)
             let loop = context.eventLoop
             pool.submit { _ in
                 let rc = slot.call()
@@ -345,8 +353,10 @@ final class HTTPConnection: ChannelDuplexHandler {
             context.close(promise: nil)
         case .iterate:
             iterating = true
+            pauseReads(context: context)
             pump(context: context)
         case .file(let fd, let offset, let length):
+            pauseReads(context: context)
             context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
             let copy = dup(fd)
             guard copy >= 0 else {
@@ -459,7 +469,7 @@ final class HTTPConnection: ChannelDuplexHandler {
         case .idle, .readingBody, .discardingBody:
             if !queue.isEmpty { drainLater(context: context); return }
             if needsFlush { needsFlush = false; context.flush() }
-            if pendingRead { pendingRead = false; context.read() }
+            resumeReads(context: context)
         default: break
         }
     }
