@@ -45,14 +45,6 @@ public final class DateCache {
 
     /// Appends "Date: ...\r\n".
     @inline(__always)
-    func write(into out: inout ByteBuffer) {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME_COARSE, &now)
-        if now.tv_sec != second { refresh() }
-        lock.run { out.writeImmutableBuffer(line) }
-    }
-
-    @inline(__always)
     func write(into out: inout OutBuffer) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME_COARSE, &now)
@@ -67,15 +59,11 @@ public final class DateCache {
         var buffer = [CChar](repeating: 0, count: 64)
         let n = strftime(&buffer, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm)
         var fresh = ByteBufferAllocator().buffer(capacity: n)
-        buffer.withUnsafeBytes { fresh.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        _ = buffer.withUnsafeBytes { fresh.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
         lock.run {
             line = fresh
             second = now
         }
     }
 
-    /// The current date as an HTTP-date, for the access log.
-    var httpDate: String {
-        lock.run { String(buffer: line).dropFirst(6).dropLast(2).description }
-    }
 }

@@ -75,19 +75,6 @@ enum HTTPChars {
         return s.withUTF8 { parseDecimal(UnsafeRawBufferPointer($0)) }
     }
 
-    static func writeDecimal(_ value: Int, into out: inout ByteBuffer) {
-        if value < 10 { out.writeInteger(UInt8(48 + value)); return }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = 0
-        var v = value
-        withUnsafeMutableBytes(of: &digits) { d in
-            while v > 0 { d[19 - n] = UInt8(48 + v % 10); v /= 10; n += 1 }
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: d[(20 - n)...]))
-        }
-    }
-
     static func writeHex(_ value: Int, into out: inout ByteBuffer) {
         let digits: StaticString = "0123456789abcdef"
         var shift = 60

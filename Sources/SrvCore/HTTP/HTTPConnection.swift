@@ -500,15 +500,16 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     private func respondPlain(status: Int, message: String, close: Bool, context: ChannelHandlerContext) {
-        var out = context.channel.allocator.buffer(capacity: 256)
-        out.writeString("HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\nServer: srv\r\n")
+        var out = OutBuffer(capacity: 256 + message.utf8.count)
+        defer { out.deallocate() }
+        out.append(string: "HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\nServer: srv\r\n")
         worker.dateCache.write(into: &out)
         let body = message + "\n"
-        out.writeString("Content-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n")
-        if close || closeAfterResponse || worker.isShuttingDown { out.writeStaticString("Connection: close\r\n") }
-        out.writeStaticString("\r\n")
-        if head?.method != .HEAD { out.writeString(body) }
-        context.write(wrapOutboundOut(.byteBuffer(out)), promise: nil)
+        out.append(string: "Content-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n")
+        if close || closeAfterResponse || worker.isShuttingDown { out.append("Connection: close\r\n") }
+        out.append("\r\n")
+        if head?.method != .HEAD { out.append(string: body) }
+        context.write(wrapOutboundOut(.byteBuffer(out.byteBuffer(context.channel.allocator))), promise: nil)
         needsFlush = true
     }
 

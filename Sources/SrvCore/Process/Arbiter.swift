@@ -640,7 +640,9 @@ public final class Arbiter {
 
     private func writePidFile(_ path: String) {
         let text = "\(getpid())\n"
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        if !FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) {
+            logger.error("cannot write the pid file \(path); continuing without it")
+        }
     }
 
     func writeStatusIfDue(force: Bool = false) {

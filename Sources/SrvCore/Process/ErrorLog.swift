@@ -37,8 +37,8 @@ public final class ErrorLog {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-                 file: String, function: String, line: UInt) {
+        func log(event: LogEvent) {
+            let level = event.level, message = event.message
             var now = time(nil)
             var tm = tm()
             localtime_r(&now, &tm)
