@@ -1,4 +1,5 @@
 import CSQLite
+import Glibc
 import Synchronization
 
 /// One blog post as stored.
@@ -49,7 +50,16 @@ final class Store: @unchecked Sendable {
                 body TEXT NOT NULL,
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ','now')));
             """
-        if sqlite3_exec(opened, setup, nil, nil, nil) != SQLITE_OK {
+        // Workers boot together: switching a new file to WAL can fail with SQLITE_BUSY
+        // at once (SQLite skips the busy handler where waiting could deadlock), so retry.
+        var result = sqlite3_exec(opened, setup, nil, nil, nil)
+        var attempts = 0
+        while (result == SQLITE_BUSY || result == SQLITE_LOCKED) && attempts < 100 {
+            attempts += 1
+            usleep(50_000)
+            result = sqlite3_exec(opened, setup, nil, nil, nil)
+        }
+        if result != SQLITE_OK {
             let reason = String(cString: sqlite3_errmsg(opened))
             sqlite3_close(opened)
             throw StoreError(description: "cannot open the blog database \(path): \(reason)")
