@@ -125,13 +125,14 @@ final class RequestSlot {
 
     /// Fills environ for `head` and routes it. Returns nil when no mount matches, or
     /// throws a client error for a malformed target.
-    func prepare(head: HTTPRequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> MountedApp? {
+    /// - Parameter headerBytes: the names and values of all headers, with 2 per header for
+    ///   their NULs (the caller has just walked them).
+    func prepare(head: HTTPRequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64,
+                 headerBytes: Int) throws -> MountedApp? {
         var uri = head.uri
         // Room for every string we copy: the target twice (raw and decoded), headers,
         // method, and the connection's strings, each with its NUL.
-        var need = uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + connection.byteCount
-        for (name, value) in head.headers { need += name.utf8.count + value.utf8.count + 2 }
-        reserveArena(need)
+        reserveArena(uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + connection.byteCount + headerBytes)
         if head.headers.count > headerCapacity {
             headers.deallocate()
             headerCapacity = head.headers.count * 2

@@ -233,8 +233,11 @@ final class HTTPConnection: ChannelInboundHandler {
         var forwardedFor: String?, forwardedProto: String?
         var hostCount = 0
         let trusted = info.trustedProxy
+        var headerBytes = 0
         for (name, value) in head.headers {
-            if s.limitRequestFieldSize > 0 && name.utf8.count + value.utf8.count + 2 > s.limitRequestFieldSize {
+            let fieldSize = name.utf8.count + value.utf8.count + 2
+            headerBytes += fieldSize
+            if s.limitRequestFieldSize > 0 && fieldSize > s.limitRequestFieldSize {
                 reject(status: 431, message: "header field \(name) is larger than the limit of \(s.limitRequestFieldSize) bytes (--limit-request-field-size)", context: context)
                 return
             }
@@ -296,7 +299,8 @@ final class HTTPConnection: ChannelInboundHandler {
         let connection = forwardedFor != nil || forwardedProto != nil
             ? info.forwarded(for: forwardedFor, proto: forwardedProto) : info!
         do {
-            guard try slot.prepare(head: head, connection: connection, router: worker.router, requestID: worker.nextRequestID()) != nil else {
+            guard try slot.prepare(head: head, connection: connection, router: worker.router, requestID: worker.nextRequestID(),
+                                    headerBytes: headerBytes) != nil else {
                 worker.releaseSlot(slot)
                 phase = .discardingBody(status: 404, message: "Not Found")
                 return
