@@ -462,24 +462,24 @@ final class HTTPConnection: ChannelInboundHandler {
         drainQueue(context: context)
     }
 
+    /// Processes pipelined input that waited while a response was in progress, until a
+    /// response goes asynchronous again; then flushes and lets the socket be read again.
     private func drainQueue(context: ChannelHandlerContext) {
-        guard !draining else { return }
+        guard !draining else { return }  // requestFinished inside the loop below
         draining = true
         defer { draining = false }
-        while case .idle = phase, let part = queue.popFirst() { process(part, context: context) }
-        while case .readingBody = phase, let part = queue.popFirst() { process(part, context: context) }
-        while case .discardingBody = phase, let part = queue.popFirst() { process(part, context: context); if case .idle = phase, !queue.isEmpty { drainLater(context: context); return } }
-        switch phase {
-        case .idle, .readingBody, .discardingBody:
-            if !queue.isEmpty { drainLater(context: context); return }
-            if needsFlush { needsFlush = false; context.flush() }
-            resumeReads(context: context)
-        default: break
-        }
+        while takesInput, let part = queue.popFirst() { process(part, context: context) }
+        guard takesInput else { return }
+        if needsFlush { needsFlush = false; context.flush() }
+        resumeReads(context: context)
     }
 
-    private func drainLater(context: ChannelHandlerContext) {
-        context.eventLoop.execute { self.drainQueue(context: context) }
+    /// Between responses or reading a request (not responding, not closing).
+    private var takesInput: Bool {
+        switch phase {
+        case .idle, .readingBody, .discardingBody: return true
+        case .responding, .closing: return false
+        }
     }
 
     private func logAccess(_ log: AccessLog, head: HTTPRequestHead, status: Int, bytes: Int) {
