@@ -513,6 +513,37 @@ def _read_pid(path):
         return None
 
 
+def test_usr1_reopens_log_files_after_rotation(serve, tmp_path):
+    """logrotate's way: move the files away, USR1, and srv writes to new files."""
+    access, errors = tmp_path / "access.log", tmp_path / "error.log"
+    s = serve(["--app", plugin("conformance"), "--access-logfile", str(access), "--error-logfile", str(errors)],
+              workers=2, wait=False)
+    deadline = time.monotonic() + 30
+    while not (errors.exists() and b"generation 1 ready" in errors.read_bytes()):
+        assert time.monotonic() < deadline and s.proc.poll() is None, s.read_log()
+        time.sleep(0.05)
+    assert request(s.port, path="/before").status == 404
+    deadline = time.monotonic() + 5
+    while b"/before" not in access.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.rename(access, tmp_path / "access.log.1")
+    os.rename(errors, tmp_path / "error.log.1")
+    s.signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        # Both workers must have reopened: every request lands in the new file.
+        for _ in range(4):
+            request(s.port, path="/after")
+        if access.exists() and access.read_bytes().count(b"/after") >= 4 \
+                and b"/after" not in (tmp_path / "access.log.1").read_bytes():
+            break
+        time.sleep(0.1)
+    assert b"/before" in (tmp_path / "access.log.1").read_bytes()
+    assert access.exists() and b"GET /after HTTP/1.1\" 404" in access.read_bytes(), access.read_bytes()
+    assert b"USR1: reopening log files" in (tmp_path / "error.log.1").read_bytes()
+    assert errors.exists(), "the error log was not reopened"
+
+
 def test_usr2_new_master_takes_over_under_load(serve):
     s = serve(["--app", plugin("conformance"), "--graceful-timeout", "10"], workers=2)
     old = s.proc.pid
