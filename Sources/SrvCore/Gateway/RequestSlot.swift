@@ -243,8 +243,7 @@ final class RequestSlot {
         while i < path.count {
             let c = path[i]
             if c == UInt8(ascii: "%") {
-                guard i + 2 < path.count + 0, i + 2 <= path.count - 1,
-                      let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
+                guard i + 2 < path.count, let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
                     throw ClientError.badRequest("invalid percent-encoding in the request path")
                 }
                 start[n] = hi << 4 | lo
