@@ -45,8 +45,6 @@ final class HTTPConnection: ChannelInboundHandler {
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
     private var iterating = false
-    /// Responses sent on this connection; a fresh one may have its first request in flight.
-    private var served = 0
     private var tornDown = false
     /// Strong on purpose (weak references put objects on Swift's slow refcount path);
     /// cleared when the channel goes inactive.
@@ -448,7 +446,6 @@ final class HTTPConnection: ChannelInboundHandler {
             self.slot = nil
             worker.requestCompleted()
         }
-        served += 1
         iterating = false
         lastActivity = .now()
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
@@ -541,16 +538,12 @@ final class HTTPConnection: ChannelInboundHandler {
         }
     }
 
-    /// Graceful shutdown: close an idle keep-alive connection now, otherwise after the
-    /// response in progress. A connection that has not sent its first request yet was
-    /// accepted moments ago and its request is likely on the way: it is answered (with
-    /// Connection: close) rather than reset.
+    /// Graceful shutdown: every connection gets the response to its next request (the one
+    /// in progress, or one a keep-alive client is sending right now) with Connection:
+    /// close, then closes. Closing an idle keep-alive connection at once would race with a
+    /// request already on its way, which the client would see as a reset; an idle one is
+    /// closed by the keep-alive timer instead, as it would be at any time.
     func shutdownGracefully() {
-        guard let context = context else { return }
         closeAfterResponse = true
-        if case .idle = phase, queue.isEmpty, served > 0 {
-            phase = .closing
-            context.close(promise: nil)
-        }
     }
 }
