@@ -2,7 +2,8 @@ import NIOCore
 import NIOHTTP1
 
 /// Per-connection facts that end up in environ: computed once when the connection opens.
-struct ConnectionInfo {
+/// A class, so that handing it to each request is one reference, not four strings.
+final class ConnectionInfo {
     var serverName: String
     var serverPort: String
     var remoteAddress: String
@@ -30,8 +31,17 @@ struct ConnectionInfo {
 
     /// Applies X-Forwarded-For (its last address, the one the trusted proxy saw) and
     /// X-Forwarded-Proto from a trusted peer.
+    private init(copying other: ConnectionInfo) {
+        serverName = other.serverName
+        serverPort = other.serverPort
+        remoteAddress = other.remoteAddress
+        remotePort = other.remotePort
+        scheme = other.scheme
+        trustedProxy = other.trustedProxy
+    }
+
     func forwarded(for xff: String?, proto: String?) -> ConnectionInfo {
-        var copy = self
+        let copy = ConnectionInfo(copying: self)
         if let xff = xff,
            let last = xff.split(separator: ",").last?.trimmingSpaces, !last.isEmpty {
             copy.remoteAddress = last
