@@ -41,6 +41,8 @@ final class RequestSlot {
 
     // MARK: Per-request state
     private(set) var app: MountedApp?
+    /// Keeps the connection's strings (which environ points at) alive until release.
+    private var connection: ConnectionInfo?
     var requestBody: RequestBody
     private var readOffset = 0
     /// The response as it is built: the head, then body bytes in the chosen framing.
@@ -132,7 +134,7 @@ final class RequestSlot {
         var uri = head.uri
         // Room for every string we copy: the target twice (raw and decoded), headers,
         // method, and the connection's strings, each with its NUL.
-        reserveArena(uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + connection.byteCount + headerBytes)
+        reserveArena(uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + headerBytes)
         if head.headers.count > headerCapacity {
             headers.deallocate()
             headerCapacity = head.headers.count * 2
@@ -196,13 +198,14 @@ final class RequestSlot {
             }
             e.server_name = put(UnsafeRawBufferPointer(start: host.ptr, count: len))
         } else {
-            e.server_name = put(connection.serverName)
+            e.server_name = connection.cServerName.str
         }
-        e.server_port = put(connection.serverPort)
+        e.server_port = connection.cServerPort.str
         e.server_protocol = http10 ? Self.http10 : Self.http11
-        e.remote_addr = put(connection.remoteAddress)
-        e.remote_port = connection.remotePort.isEmpty ? Self.empty : put(connection.remotePort)
-        e.url_scheme = connection.scheme == "https" ? Self.https : Self.http
+        e.remote_addr = connection.cRemoteAddress.str
+        e.remote_port = connection.cRemotePort.str
+        e.url_scheme = connection.isHTTPS ? Self.https : Self.http
+        self.connection = connection
         e.input = input
         e.errors = errors
         e.multithread = context.multithread ? 1 : 0
@@ -563,6 +566,7 @@ final class RequestSlot {
         requestBody.release()
         state = .idle
         app = nil
+        connection = nil
     }
 
     // MARK: - Small helpers

@@ -12,9 +12,13 @@ final class ConnectionInfo {
     /// The peer may set X-Forwarded-For / X-Forwarded-Proto (--forwarded-allow-ips).
     var trustedProxy: Bool
 
-    var byteCount: Int {
-        serverName.utf8.count + serverPort.utf8.count + remoteAddress.utf8.count + remotePort.utf8.count + 8
-    }
+    /// NUL-terminated copies for environ, made once per connection; a request in flight
+    /// keeps its ConnectionInfo alive, so environ may point at them.
+    lazy var cServerName = CString(serverName)
+    lazy var cServerPort = CString(serverPort)
+    lazy var cRemoteAddress = CString(remoteAddress)
+    lazy var cRemotePort = CString(remotePort)
+    lazy var isHTTPS = scheme == "https"
 
     init(local: SocketAddress?, remote: SocketAddress?, forwardedAllow: AddressList) {
         serverName = local?.ipAddress ?? "localhost"
