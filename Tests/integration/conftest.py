@@ -108,9 +108,8 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture
-def serve():
-    """serve(args, workers=1, env=None) starts srv and stops it after the test."""
+def server_pool():
+    """A start(args, **kw) that starts Servers, and a stop_all() for all it started."""
     started = []
 
     def start(args, **kw):
@@ -118,9 +117,19 @@ def serve():
         started.append(s)
         return s
 
+    def stop_all():
+        for s in started:
+            s.stop()
+
+    return start, stop_all
+
+
+@pytest.fixture
+def serve():
+    """serve(args, workers=1, env=None) starts srv and stops it after the test."""
+    start, stop_all = server_pool()
     yield start
-    for s in started:
-        s.stop()
+    stop_all()
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Conn, Server, free_port, plugin, request
+from conftest import Conn, free_port, plugin, request, server_pool
 
 HOST = "Host: 127.0.0.1\r\n"
 
@@ -35,16 +35,9 @@ HOST = "Host: 127.0.0.1\r\n"
 @pytest.fixture(scope="module")
 def module_servers():
     """start(args, **kw) starts a server that lives until the end of the module."""
-    started = []
-
-    def start(args, **kw):
-        s = Server(args, **kw)
-        started.append(s)
-        return s
-
+    start, stop_all = server_pool()
     yield start
-    for s in started:
-        s.stop()
+    stop_all()
 
 
 @pytest.fixture(scope="module")
