@@ -590,6 +590,26 @@ static int route_error_iter_too_long(srv_start_response_fn start_response, srv_b
     return SRV_OK;
 }
 
+/* /write-big?mb=N: N MiB of 'x' through write() in 64 KiB pieces, then an empty body. */
+static int route_write_big(const srv_environ *env, srv_start_response_fn start_response) {
+    static const srv_header headers[] = {HDR("Content-Type", "text/plain")};
+    enum { PIECE = 64 * 1024 };
+    long long mb = query_int(env->query_string, "mb", 64);
+    long long i;
+    int rc = SRV_OK;
+    srv_write_fn write;
+    char *piece;
+    if (mb < 0 || mb > (1LL << 20)) mb = 64;
+    write = start_response("200 OK", headers, COUNT(headers), NULL);
+    if (write == NULL) return SRV_ERROR;
+    piece = (char *)malloc(PIECE);
+    if (piece == NULL) return SRV_ERROR;
+    memset(piece, 'x', PIECE);
+    for (i = 0; i < mb * 16 && rc == SRV_OK; i++) rc = write(piece, PIECE);
+    free(piece);
+    return rc;
+}
+
 static int route_error_iter(srv_start_response_fn start_response, srv_body *body) {
     failing_iter *it = (failing_iter *)malloc(sizeof *it);
     if (it == NULL) return SRV_ERROR;
@@ -859,6 +879,7 @@ int srv_gateway_app(const srv_environ *environ, srv_start_response_fn start_resp
     if (str_is(path, "/big")) return route_big(env, start_response, body);
     if (str_is(path, "/file")) return route_file(env, start_response, body);
     if (str_is(path, "/write")) return route_write(start_response, body);
+    if (str_is(path, "/write-big")) return route_write_big(env, start_response);
     if (str_is(path, "/status")) return route_status(env, start_response, body);
     if (str_is(path, "/exc-info")) return route_exc_info(start_response, body);
     if (str_is(path, "/read-past")) return route_read_past(env, start_response, body);

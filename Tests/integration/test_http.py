@@ -900,7 +900,12 @@ def rss_kb(pid):
 
 
 def test_slow_reader_large_stream_bounded_memory(app):
-    mb = 256
+    check_slow_reader_bounded_memory(app, "/big", 256)
+
+
+def check_slow_reader_bounded_memory(app, path, mb):
+    """Streams `mb` MiB of "x" from `path` to a client that pauses, and checks the worker
+    neither buffers it (RSS) nor corrupts it."""
     workers = app.worker_pids()
     assert workers, "no worker"
     before = max(rss_kb(p) for p in workers)
@@ -911,7 +916,7 @@ def test_slow_reader_large_stream_bounded_memory(app):
     c = conn_from(sock)
     peak = before
     try:
-        c.send(req("GET", f"/big?mb={mb}"))
+        c.send(req("GET", f"{path}?mb={mb}"))
         status = c._line()
         assert status.startswith(b"HTTP/1.1 200"), status
         headers = {}
@@ -1263,6 +1268,25 @@ def test_wsgi_errors_logged(app):
 @pytest.fixture(scope="module")
 def threaded(module_servers):
     return module_servers(["--app", plugin("conformance"), "--threads", "2"])
+
+
+def test_threads_write_streams_with_back_pressure(threaded):
+    """On --threads, write() sends as it goes and waits for a slow client instead of
+    holding the whole written body in the worker."""
+    check_slow_reader_bounded_memory(threaded, "/write-big", 192)
+
+
+def test_threads_client_gone_while_the_app_writes(threaded):
+    """The client leaves while the app is still writing on a pool thread: write returns
+    SRV_ERROR, the slot comes back only when the app returns, and the worker serves on."""
+    c = Conn(threaded.port)
+    c.send(req("GET", "/write-big?mb=512"))
+    c.sock.recv(65536)
+    c.close()
+    time.sleep(0.5)
+    for _ in range(20):
+        r = request(threaded.port, path="/echo", body=b"still here")
+        assert r.status == 200 and r.body == b"still here", r
 
 
 def test_threads_run_concurrently(threaded):

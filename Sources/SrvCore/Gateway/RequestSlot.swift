@@ -41,6 +41,11 @@ final class RequestSlot {
 
     // MARK: Per-request state
     private(set) var app: MountedApp?
+    /// Set while the app runs on a --threads pool thread: write() then sends what has
+    /// gathered past `streamThreshold` and waits until the socket took it (back-pressure),
+    /// instead of holding a large written body in memory.
+    var streamingChannel: Channel?
+    static let streamThreshold = 64 * 1024
     /// Keeps the connection's strings (which environ points at) alive until release.
     private var connection: ConnectionInfo?
     var requestBody: RequestBody
@@ -346,6 +351,15 @@ final class RequestSlot {
         }
         if rule != nil { return SRV_ERROR }
         if len > 0, let data = data { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
+        if let channel = streamingChannel, out.count >= Self.streamThreshold {
+            let buffer = out.byteBuffer(channel.allocator)
+            out.clear()
+            do {
+                try channel.writeAndFlush(IOData.byteBuffer(buffer)).wait()
+            } catch {
+                return SRV_ERROR  // the client is gone
+            }
+        }
         return SRV_OK
     }
 

@@ -46,6 +46,8 @@ final class HTTPConnection: ChannelInboundHandler {
     private var requestStart = timespec()
     private var iterating = false
     private var tornDown = false
+    /// The app is running on a --threads pool thread with the current slot.
+    private var appRunning = false
     /// Strong on purpose (weak references put objects on Swift's slow refcount path);
     /// cleared when the channel goes inactive.
     private var context: ChannelHandlerContext?
@@ -81,11 +83,9 @@ final class HTTPConnection: ChannelInboundHandler {
         idleTimer?.cancel()
         idleTimer = nil
         context = nil
-        if let slot = slot {
-            if case .responding = phase { worker.scoreboard?.requestEnded() }
-            worker.releaseSlot(slot)
-            self.slot = nil
-        }
+        // A slot whose app still runs on a pool thread is released when it returns.
+        if let slot = slot, !appRunning { worker.releaseSlot(slot) }
+        slot = nil
         phase = .closing
         worker.connectionClosed(self)
     }
@@ -327,19 +327,27 @@ final class HTTPConnection: ChannelInboundHandler {
         phase = .responding
         if let pool = worker.threadPool {
             pauseReads(context: context)
+            slot.streamingChannel = context.channel
+            appRunning = true
             let loop = context.eventLoop
             pool.submit { _ in
                 let rc = slot.call()
-                loop.execute { self.applicationReturned(rc, context: context) }
+                loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
             }
         } else {
-            applicationReturned(slot.call(), context: context)
+            applicationReturned(slot.call(), slot: slot, context: context)
         }
     }
 
-    private func applicationReturned(_ rc: Int32, context: ChannelHandlerContext) {
-        guard let slot = slot else { return }
+    private func applicationReturned(_ rc: Int32, slot: RequestSlot, context: ChannelHandlerContext) {
+        appRunning = false
+        slot.streamingChannel = nil
         worker.scoreboard?.requestEnded()
+        if tornDown || self.slot !== slot {
+            // The connection closed while the app ran on a pool thread.
+            worker.releaseSlot(slot)
+            return
+        }
         if case .closing = phase { worker.releaseSlot(slot); self.slot = nil; return }
         switch slot.finish(rc) {
         case .complete:
