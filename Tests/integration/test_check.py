@@ -196,6 +196,16 @@ def test_check_crash_does_not_kill_check():
 # Serving a broken plugin
 # ---------------------------------------------------------------------------------------
 
+def serve_and_fail(path, tmp_path):
+    """Runs `srv --app path`, expecting it to refuse; returns the process and its output."""
+    p = subprocess.run([SRV, "--app", path, "-b", f"127.0.0.1:{free_port()}", "-w", "1",
+                        "--pid", str(tmp_path / "srv.pid"),
+                        "--status-file", str(tmp_path / "status.json"),
+                        "--snapshot-dir", str(tmp_path / "snapshots")],
+                       capture_output=True, text=True, timeout=30)
+    return p, p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("name,needle", [
     ("badmagic", "magic 0xdeadbeef"),
     ("abimajor", "ABI 2.x"),
@@ -206,12 +216,7 @@ def test_check_crash_does_not_kill_check():
 def test_serve_broken_plugin_exits(name, needle, tmp_path):
     path = plugin(name)
     start = time.time()
-    p = subprocess.run([SRV, "--app", path, "-b", f"127.0.0.1:{free_port()}", "-w", "1",
-                        "--pid", str(tmp_path / "srv.pid"),
-                        "--status-file", str(tmp_path / "status.json"),
-                        "--snapshot-dir", str(tmp_path / "snapshots")],
-                       capture_output=True, text=True, timeout=30)
-    out = p.stdout + p.stderr
+    p, out = serve_and_fail(path, tmp_path)
     assert p.returncode != 0, out
     assert time.time() - start < 10, f"srv took {time.time() - start:.1f}s to give up"
     assert needle in out, out
@@ -220,11 +225,6 @@ def test_serve_broken_plugin_exits(name, needle, tmp_path):
 
 def test_serve_missing_file_exits(tmp_path):
     path = str(tmp_path / "libnothere.so")
-    p = subprocess.run([SRV, "--app", path, "-b", f"127.0.0.1:{free_port()}", "-w", "1",
-                        "--pid", str(tmp_path / "srv.pid"),
-                        "--status-file", str(tmp_path / "status.json"),
-                        "--snapshot-dir", str(tmp_path / "snapshots")],
-                       capture_output=True, text=True, timeout=30)
-    out = p.stdout + p.stderr
+    p, out = serve_and_fail(path, tmp_path)
     assert p.returncode != 0, out
     assert "no such file" in out and path in out, out

@@ -67,7 +67,8 @@ final class RequestSlot {
     var method = ""
     var target = ""
     var requestLine: String { "\(method) \(target)" }
-    private var requestIDText = [UInt8](repeating: 0, count: 24)
+    /// Scratch space for formatting numbers (request id, CONTENT_LENGTH) before put().
+    private var digits = [UInt8](repeating: 0, count: 24)
 
     init(context: GatewayContext) {
         self.context = context
@@ -216,9 +217,9 @@ final class RequestSlot {
         e.multithread = context.multithread ? 1 : 0
         e.multiprocess = context.multiprocess ? 1 : 0
         e.run_once = 0
-        let idLength = Self.formatDecimal(requestID, into: &requestIDText)
+        let idLength = Self.formatDecimal(requestID, into: &digits)
         extensions[0] = srv_header(name: Self.keyVersion, value: context.versionString.str)
-        extensions[1] = srv_header(name: Self.keyRequestID, value: requestIDText.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<idLength])) })
+        extensions[1] = srv_header(name: Self.keyRequestID, value: digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<idLength])) })
         extensions[2] = srv_header(name: Self.keyWorkerPID, value: context.workerPID.str)
         extensions[3] = srv_header(name: Self.keyGeneration, value: context.generation.str)
         extensions[4] = srv_header(name: Self.keyAppHash, value: app.appHash.str)
@@ -232,16 +233,12 @@ final class RequestSlot {
     func bodyComplete() {
         let length = requestBody.length
         input.pointee.length = Int64(length)
-        if length > 0 || environ.pointee.content_length.len > 0 {
-            let n = Self.formatDecimal(UInt64(length), into: &requestIDText)
+        if length > 0 {
+            let n = Self.formatDecimal(UInt64(length), into: &digits)
             // The arena was sized with room to spare for this.
-            environ.pointee.content_length = requestIDText.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            environ.pointee.content_length = digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
         }
         readOffset = 0
-    }
-
-    func noteContentLengthHeader() {
-        environ.pointee.content_length = srv_str(ptr: Self.empty.ptr, len: 0)
     }
 
     private func percentDecode(_ path: UnsafeRawBufferPointer) throws -> srv_str {

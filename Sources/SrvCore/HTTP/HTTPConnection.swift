@@ -313,7 +313,6 @@ final class HTTPConnection: ChannelInboundHandler {
             reject(status: 400, message: "\(error)", context: context)
             return
         }
-        if contentLength == nil && transferEncoding == nil { slot.noteContentLengthHeader() }
         self.slot = slot
         phase = .readingBody
     }

@@ -151,10 +151,4 @@ public final class WorkerServer {
         drained.succeed(())
     }
 
-    /// Stops accepting at once (the replacement is ready), keeping in-flight requests.
-    public func stopAccepting() {
-        group.next().execute {
-            for ch in self.serverChannels { ch.close(promise: nil) }
-        }
-    }
 }

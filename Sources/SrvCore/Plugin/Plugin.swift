@@ -18,14 +18,6 @@ public final class Plugin {
     public let abiMinor: Int
     public let threadSafe: Bool
 
-    /// What a loaded plugin looks like in `srv check` and `srv status`.
-    public var summary: [String: String] {
-        [
-            "path": path, "name": name, "version": version, "abi": "\(abiMajor).\(abiMinor)",
-            "thread_safe": threadSafe ? "yes" : "no", "hash": snapshot?.hash ?? "",
-        ]
-    }
-
     /// Loads and validates the plugin at `file` (a snapshot path, or any path for tests).
     /// - Parameters:
     ///   - file: the file to `dlopen`.

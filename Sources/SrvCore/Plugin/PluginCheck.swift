@@ -39,12 +39,7 @@ public enum PluginCheck {
         while !exited {
             var pfd = pollfd(fd: pipe.read, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, 50)
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { read(pipe.read, $0.baseAddress, $0.count) }
-                if n <= 0 { break }
-                output.append(contentsOf: chunk[0..<n])
-            }
+            FileDescriptor.readAvailable(pipe.read, into: &output)
             if waitpid(pid, &status, WNOHANG) == pid { exited = true; break }
             if Date() > deadline {
                 kill(pid, SIGKILL)
@@ -53,12 +48,7 @@ public enum PluginCheck {
                 return Report(path: path, valid: false, reason: "hung", error: PluginError.hung(path: path, seconds: timeout).description)
             }
         }
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(pipe.read, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            output.append(contentsOf: chunk[0..<n])
-        }
+        FileDescriptor.readAvailable(pipe.read, into: &output)
         close(pipe.read)
         if status & 0x7f != 0 {
             let signal = Spawn.signalName(status & 0x7f)

@@ -62,15 +62,8 @@ public struct Snapshot: Equatable, Codable {
         var st = stat()
         if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG { throw PluginError.notRegularFile(path: path) }
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw PluginError.unreadable(path: path, reason: String(cString: strerror(errno)))
-            }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+        guard FileDescriptor.readAvailable(fd, into: &out) else {
+            throw PluginError.unreadable(path: path, reason: String(cString: strerror(errno)))
         }
         return out
     }

@@ -346,18 +346,17 @@ public final class Arbiter {
     }
 
     func readWorkerMessages() {
-        for w in workers.values {
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { read(w.control, $0.baseAddress, $0.count) }
-                if n <= 0 { break }
-                w.pendingLine += String(decoding: chunk[0..<n], as: UTF8.self)
-            }
-            while let nl = w.pendingLine.firstIndex(of: "\n") {
-                let line = w.pendingLine[..<nl]
-                if let message = WorkerMessage.parse(line) { handle(message, from: w) }
-                w.pendingLine = String(w.pendingLine[w.pendingLine.index(after: nl)...])
-            }
+        for w in workers.values { readMessages(from: w) }
+    }
+
+    private func readMessages(from w: Worker) {
+        var bytes: [UInt8] = []
+        FileDescriptor.readAvailable(w.control, into: &bytes)
+        guard !bytes.isEmpty else { return }
+        w.pendingLine += String(decoding: bytes, as: UTF8.self)
+        while let nl = w.pendingLine.firstIndex(of: "\n") {
+            if let message = WorkerMessage.parse(w.pendingLine[..<nl]) { handle(message, from: w) }
+            w.pendingLine = String(w.pendingLine[w.pendingLine.index(after: nl)...])
         }
     }
 
@@ -394,10 +393,8 @@ public final class Arbiter {
                 reexecChild = nil
                 continue
             }
-            guard let w = workers.removeValue(forKey: pid) else { continue }
-            // Read what it said last (a FAIL line arrives just before its exit).
-            workers[pid] = w
-            readWorkerMessages()
+            guard let w = workers[pid] else { continue }
+            readMessages(from: w)  // what it said last: a FAIL line arrives just before its exit
             workers[pid] = nil
             close(w.control)
             let how = Spawn.describe(status: status)

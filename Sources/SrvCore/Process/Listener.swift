@@ -126,26 +126,23 @@ public struct Listener {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
         }
         guard rc == 0 else { return address.description }
-        if storage.ss_family == sa_family_t(AF_INET) {
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String in
-                    var a = sin.pointee.sin_addr
-                    var buf = [CChar](repeating: 0, count: 64)
-                    inet_ntop(AF_INET, &a, &buf, 64)
-                    return "\(String(cString: buf)):\(UInt16(bigEndian: sin.pointee.sin_port))"
-                }
+        let family = Int32(storage.ss_family)
+        guard family == AF_INET || family == AF_INET6 else { return address.description }
+        return withUnsafePointer(to: &storage) { p -> String in
+            var text = [CChar](repeating: 0, count: 64)
+            let port: UInt16
+            if family == AF_INET {
+                let sin = UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in.self)
+                var a = sin.pointee.sin_addr
+                inet_ntop(AF_INET, &a, &text, 64)
+                port = UInt16(bigEndian: sin.pointee.sin_port)
+                return "\(String(cString: text)):\(port)"
             }
+            let sin6 = UnsafeRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self)
+            var a = sin6.pointee.sin6_addr
+            inet_ntop(AF_INET6, &a, &text, 64)
+            port = UInt16(bigEndian: sin6.pointee.sin6_port)
+            return "[\(String(cString: text))]:\(port)"
         }
-        if storage.ss_family == sa_family_t(AF_INET6) {
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin -> String in
-                    var a = sin.pointee.sin6_addr
-                    var buf = [CChar](repeating: 0, count: 64)
-                    inet_ntop(AF_INET6, &a, &buf, 64)
-                    return "[\(String(cString: buf))]:\(UInt16(bigEndian: sin.pointee.sin6_port))"
-                }
-            }
-        }
-        return address.description
     }
 }
