@@ -331,6 +331,98 @@ def test_request_split_across_many_sends(app):
         c.close()
 
 
+def test_head_split_inside_every_token(app):
+    """Each byte in its own TCP segment: method, target, names and values all span reads,
+    and an empty value keeps its field apart from the next one."""
+    headers = ["X-One: first value", "X-Empty:", "X-Two:  padded  ", "X-Blank:   ", "x-one: again"]
+    data = req("GET", "/environ?q=split%20me", headers)
+    c = Conn(app.port)
+    try:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            c.send(data[i:i + 1])
+            time.sleep(0.001)
+        r = c.read_response()
+    finally:
+        c.close()
+    assert r.status == 200, r
+    env = json.loads(r.body)
+    assert env["REQUEST_METHOD"] == "GET" and env["REQUEST_URI"] == "/environ?q=split%20me", env
+    assert env["QUERY_STRING"] == "q=split%20me", env
+    got = [h for h in env["headers"] if h[0].lower() != "host"]
+    assert got == [["X-One", "first value"], ["X-Empty", ""], ["X-Two", "padded"], ["X-Blank", ""],
+                   ["x-one", "again"]], got
+
+
+def test_pipelined_behind_file_response(app, random_file):
+    """A file body goes out asynchronously; what was pipelined behind it waits, then runs."""
+    path, data = random_file
+    c = Conn(app.port)
+    try:
+        c.send(req("GET", file_url(path)) + req("GET", "/status?code=203")
+               + req("POST", "/echo", body="after the file"))
+        r = c.read_response()
+        assert r.status == 200 and r.body == data
+        r = c.read_response()
+        assert r.status == 203, r
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"after the file", r
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("head", [
+    ["Connection: Upgrade", "Upgrade: websocket"],
+    ["Connection: keep-alive, Upgrade", "Upgrade: h2c"],
+])
+def test_upgrade_request_answered_then_closed(app, head):
+    """srv speaks no other protocol: the app answers an Upgrade request as a plain one, the
+    response says Connection: close, and bytes after it (here a pipelined request) are
+    never parsed."""
+    pid, before = counter(app.port)
+    c = Conn(app.port)
+    try:
+        c.send(req("GET", "/counter", head) + req("GET", "/counter"))
+        r = c.read_response()
+        assert r.status == 200 and r.body.startswith(b"pid "), r
+        assert (r.header("Connection") or "").lower() == "close", r
+        assert_closed(c, "after an Upgrade request")
+        assert b"count" not in c.buf, c.buf
+    finally:
+        c.close()
+    assert counter(app.port) == (pid, before + 2)
+
+
+def test_connect_request_answered_then_closed(app):
+    c = Conn(app.port)
+    try:
+        c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+               + req("GET", "/counter"))
+        r = c.read_response()
+        assert r.status in (400, 404), r
+        assert_closed(c, "after CONNECT")
+        assert b"count" not in c.buf, c.buf
+    finally:
+        c.close()
+
+
+def test_head_larger_than_srv_accepts_431(serve):
+    """With the per-field limits off, srv still bounds a head (1 MiB) instead of buffering
+    whatever a client sends."""
+    s = serve(["--app", plugin("conformance"), "--limit-request-field-size", "0",
+               "--limit-request-fields", "0", "--limit-request-line", "0"])
+    r = request(s.port, "GET", "/status?code=200", headers={"X-Big": "b" * 200_000})
+    assert r.status == 200, r
+    c = Conn(s.port)
+    try:
+        c.send(req("GET", "/counter", [f"X-F{i}: " + "v" * 100_000 for i in range(12)]))
+        r = c.read_response()
+        assert r.status == 431, r
+        assert_closed(c, "after 431")
+    finally:
+        c.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Chunked bodies, Content-Length
 # ---------------------------------------------------------------------------------------

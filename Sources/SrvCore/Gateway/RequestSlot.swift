@@ -1,7 +1,6 @@
 import CSrvSystem
 import Glibc
 import NIOCore
-import NIOHTTP1
 import SrvGateway
 
 /// The C-side memory of one request in flight, and the gateway callables bound to it.
@@ -63,10 +62,13 @@ final class RequestSlot {
     var isHead = false
     var http10 = false
     var keepAlive = true
-    /// The request's method and target, for logs.
-    var method = ""
-    var target = ""
-    var requestLine: String { "\(method) \(target)" }
+    /// The request's method and target (in environ's memory), for logs and the scoreboard.
+    var methodBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_method) }
+    var targetBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_uri) }
+    var requestLine: String {
+        "\(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self))"
+    }
+    private static func bytes(_ s: srv_str) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: s.ptr, count: s.len) }
     /// Scratch space for formatting numbers (request id, CONTENT_LENGTH) before put().
     private var digits = [UInt8](repeating: 0, count: 24)
 
@@ -133,60 +135,59 @@ final class RequestSlot {
 
     /// Fills environ for `head` and routes it. Returns nil when no mount matches, or
     /// throws a client error for a malformed target.
-    /// - Parameter headerBytes: the names and values of all headers, with 2 per header for
-    ///   their NULs (the caller has just walked them).
-    func prepare(head: HTTPRequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64,
-                 headerBytes: Int) throws -> MountedApp? {
-        var uri = head.uri
-        // Room for every string we copy: the target twice (raw and decoded), headers,
-        // method, and the connection's strings, each with its NUL.
-        reserveArena(uri.utf8.count * 2 + head.method.rawValue.utf8.count + 64 + headerBytes)
-        if head.headers.count > headerCapacity {
+    func prepare(head: RequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> MountedApp? {
+        let raw = head.target
+        // Room for every string we copy, each with its NUL: the target twice (raw, then query
+        // and decoded path), the names and values and SERVER_NAME from Host (head.size twice
+        // covers both), the method, and the numbers after.
+        reserveArena(head.size * 2 + 2 * head.fieldCount + head.methodName.count + 64)
+        if head.fieldCount > headerCapacity {
             headers.deallocate()
-            headerCapacity = head.headers.count * 2
+            headerCapacity = head.fieldCount * 2
             headers = .allocate(capacity: headerCapacity)
         }
         var e = srv_environ()
         e.size = MemoryLayout<srv_environ>.size
-        e.request_method = put(head.method.rawValue)
-        e.request_uri = uri.withUTF8 { put(UnsafeRawBufferPointer($0)) }
+        e.request_method = put(head.methodName)
+        e.request_uri = put(raw)
 
         // The path: strip an absolute-form prefix, split off the query, percent-decode.
-        let routed: MountedApp? = try uri.withUTF8 { raw -> MountedApp? in
-            var path = UnsafeRawBufferPointer(raw)
-            if let first = path.first, first != UInt8(ascii: "/") {
-                if let r = Self.absoluteFormPath(path) { path = r } else if !(path.count == 1 && first == UInt8(ascii: "*")) {
-                    throw ClientError.badRequest("the request target must start with \"/\"")
-                }
+        var path = raw
+        if let first = path.first, first != UInt8(ascii: "/") {
+            if let r = Self.absoluteFormPath(path) { path = r } else if !(path.count == 1 && first == UInt8(ascii: "*")) {
+                throw ClientError.badRequest("the request target must start with \"/\"")
             }
-            var query = UnsafeRawBufferPointer(start: nil, count: 0)
-            if let q = path.firstIndex(of: UInt8(ascii: "?")) {
-                query = UnsafeRawBufferPointer(rebasing: path[(q + 1)...])
-                path = UnsafeRawBufferPointer(rebasing: path[..<q])
-            }
-            if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
-            e.query_string = query.count == 0 ? Self.empty : put(query)
-            let decoded = try percentDecode(path)
-            guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return nil }
+        }
+        var query = UnsafeRawBufferPointer(start: nil, count: 0)
+        if let q = path.firstIndex(of: UInt8(ascii: "?")) {
+            query = UnsafeRawBufferPointer(rebasing: path[(q + 1)...])
+            path = UnsafeRawBufferPointer(rebasing: path[..<q])
+        }
+        if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
+        e.query_string = query.count == 0 ? Self.empty : put(query)
+        let decoded = try percentDecode(path)
+        let routed = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len))
+        if let app = routed {
             let m = app.scriptName.count
             e.script_name = app.scriptName.str
             e.path_info = srv_str(ptr: decoded.ptr! + m, len: decoded.len - m)
-            return app
         }
         guard let app = routed else { return nil }
         self.app = app
 
+        let strings = connection.c
         var count = 0
         e.content_type = Self.empty
         e.content_length = Self.empty
         var host: srv_str?
-        for (name, value) in head.headers {
+        for i in 0..<head.fieldCount {
+            let name = head.name(i)
             // Names with "_" would collide with CGI names once mapped to HTTP_*; drop them.
-            if name.utf8.contains(UInt8(ascii: "_")) { continue }
-            let n = put(name), v = put(value)
+            if name.contains(UInt8(ascii: "_")) { continue }
+            let n = put(name), v = put(head.value(i))
             headers[count] = srv_header(name: n, value: v)
             count += 1
-            switch name.utf8.count {
+            switch name.count {
             case 12 where Self.equalsLower(n, "content-type"): e.content_type = v
             case 4 where Self.equalsLower(n, "host"): host = v
             default: break
@@ -204,13 +205,13 @@ final class RequestSlot {
             }
             e.server_name = put(UnsafeRawBufferPointer(start: host.ptr, count: len))
         } else {
-            e.server_name = connection.cServerName.str
+            e.server_name = strings.serverName
         }
-        e.server_port = connection.cServerPort.str
+        e.server_port = strings.serverPort
         e.server_protocol = http10 ? Self.http10 : Self.http11
-        e.remote_addr = connection.cRemoteAddress.str
-        e.remote_port = connection.cRemotePort.str
-        e.url_scheme = connection.isHTTPS ? Self.https : Self.http
+        e.remote_addr = strings.remoteAddress
+        e.remote_port = strings.remotePort
+        e.url_scheme = strings.isHTTPS ? Self.https : Self.http
         self.connection = connection
         e.input = input
         e.errors = errors

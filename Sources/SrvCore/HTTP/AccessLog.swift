@@ -1,5 +1,4 @@
 import Glibc
-import NIOHTTP1
 
 /// Gunicorn's access-log format: `%(atom)s` placeholders, e.g. the default combined format
 /// `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`.
@@ -46,7 +45,8 @@ struct AccessRecord {
     var version: String
     var status: Int
     var bytes: Int
-    var headers: HTTPHeaders
+    /// A request header's first value, by lowercase name.
+    var header: (String) -> String?
     var started: timespec
     var durationMicros: Int
 }
@@ -76,7 +76,7 @@ public final class AccessLog {
         for s in segments {
             switch s {
             case .literal(let t): line += t
-            case .requestHeader(let name): line += r.headers.first(where: { $0.name.lowercased() == name })?.value ?? "-"
+            case .requestHeader(let name): line += r.header(name) ?? "-"
             case .atom(let a): line += atom(a, r)
             }
         }
@@ -99,8 +99,8 @@ public final class AccessLog {
         case "s": return String(r.status)
         case "B": return String(r.bytes)
         case "b": return r.bytes == 0 ? "-" : String(r.bytes)
-        case "f": return r.headers.first("referer") ?? "-"
-        case "a": return r.headers.first("user-agent") ?? "-"
+        case "f": return r.header("referer") ?? "-"
+        case "a": return r.header("user-agent") ?? "-"
         case "T": return String(r.durationMicros / 1_000_000)
         case "M": return String(r.durationMicros / 1000)
         case "D": return String(r.durationMicros)

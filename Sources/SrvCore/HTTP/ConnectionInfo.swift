@@ -1,5 +1,5 @@
 import NIOCore
-import NIOHTTP1
+import SrvGateway
 
 /// Per-connection facts that end up in environ: computed once when the connection opens.
 /// A class, so that handing it to each request is one reference, not four strings.
@@ -12,13 +12,33 @@ final class ConnectionInfo {
     /// The peer may set X-Forwarded-For / X-Forwarded-Proto (--forwarded-allow-ips).
     var trustedProxy: Bool
 
-    /// NUL-terminated copies for environ, made once per connection; a request in flight
-    /// keeps its ConnectionInfo alive, so environ may point at them.
-    lazy var cServerName = CString(serverName)
-    lazy var cServerPort = CString(serverPort)
-    lazy var cRemoteAddress = CString(remoteAddress)
-    lazy var cRemotePort = CString(remotePort)
-    lazy var isHTTPS = scheme == "https"
+    /// The environ strings: NUL-terminated copies in one allocation, made at the first
+    /// request; a request in flight keeps its ConnectionInfo alive, so environ may point
+    /// at them. A plain struct, so reading it costs no reference counting.
+    struct CStrings {
+        var serverName, serverPort, remoteAddress, remotePort: srv_str
+        var isHTTPS: Bool
+    }
+    private var storage: UnsafeMutablePointer<CChar>?
+    lazy var c: CStrings = makeCStrings()
+
+    private func makeCStrings() -> CStrings {
+        let parts = [serverName, serverPort, remoteAddress, remotePort]
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: parts.reduce(0) { $0 + $1.utf8.count + 1 })
+        storage = p
+        var offset = 0
+        let strs = parts.map { part -> srv_str in
+            let start = p + offset
+            for byte in part.utf8 { p[offset] = CChar(bitPattern: byte); offset += 1 }
+            p[offset] = 0
+            offset += 1
+            return srv_str(ptr: start, len: part.utf8.count)
+        }
+        return CStrings(serverName: strs[0], serverPort: strs[1], remoteAddress: strs[2], remotePort: strs[3],
+                        isHTTPS: scheme == "https")
+    }
+
+    deinit { storage?.deallocate() }
 
     init(local: SocketAddress?, remote: SocketAddress?, forwardedAllow: AddressList) {
         serverName = local?.ipAddress ?? "localhost"
@@ -55,14 +75,6 @@ final class ConnectionInfo {
             copy.scheme = proto
         }
         return copy
-    }
-}
-
-extension HTTPHeaders {
-    /// The first value of a header, compared without allocating (the subscript builds an array).
-    func first(_ lowerName: StaticString) -> String? {
-        for (n, v) in self where HTTPChars.equalsLower(n, lowerName) { return v }
-        return nil
     }
 }
 

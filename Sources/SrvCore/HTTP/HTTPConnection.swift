@@ -1,3 +1,4 @@
+import CNIOLLHTTP
 import Glibc
 import NIOCore
 import NIOHTTP1
@@ -6,21 +7,23 @@ import SrvGateway
 
 /// One client connection: where a request enters, meets the plugin, and its response leaves.
 ///
-/// The pipeline is lean on purpose: NIO's llhttp decoder, then this handler, which writes
-/// each response as one pre-formatted buffer (no HTTPResponseEncoder). Requests are
-/// answered strictly in order; while a response is still streaming (an iterator or file
-/// body, or an app running on --threads) further pipelined requests wait in `queue` and
-/// reads stop, so a client cannot make srv buffer without bound.
+/// The pipeline is lean on purpose: this handler drives llhttp (NIO's HTTP/1 parser)
+/// straight on the socket's bytes, copying the head into a reusable buffer and then once
+/// into the request slot's C memory, and writes each response as one pre-formatted buffer.
+/// Requests are answered strictly in order: llhttp pauses after each complete message; while
+/// a response is still streaming (an iterator or file body, or an app running on
+/// --threads) the rest of the input waits in `pending` and reads stop, so a client cannot
+/// make srv buffer without bound.
 final class HTTPConnection: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = IOData
 
     enum Phase {
-        /// Waiting for a request head.
+        /// Waiting for (or reading) a request head.
         case idle
         /// Reading the body of the request in `slot`.
         case readingBody
-        /// The body of a request nobody will see (404, rejected): dropped until .end.
+        /// The body of a request nobody will see (404): dropped until the message ends.
         case discardingBody(status: Int, message: String)
         /// The app or the response is still busy; further input waits.
         case responding
@@ -32,9 +35,18 @@ final class HTTPConnection: ChannelInboundHandler {
     private var info: ConnectionInfo!
     private var phase = Phase.idle
     private var slot: RequestSlot?
-    private var head: HTTPRequestHead?
-    private var queue = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
-    private var draining = false
+    private let head = RequestHead()
+    private let parser = UnsafeMutablePointer<llhttp_t>.allocate(capacity: 1)
+    /// Input that arrived while a response was in progress, parsed when it is done.
+    private var pending: ByteBuffer?
+    /// The buffer llhttp is parsing, so that body callbacks can slice it without copying.
+    private var input: ByteBuffer?
+    private var inputBase: UnsafeRawPointer?
+    private var parsing = false
+    /// Why a parser callback stopped the parser: srv's answer to the request.
+    private var refusal: (status: Int, message: String)?
+    /// After an Upgrade or CONNECT request srv answers, then reads nothing more.
+    private var upgraded = false
     /// autoRead is off while a response streams or the app runs on a thread: pipelined
     /// input then waits in the socket, not in srv's memory. Toggled only on those paths,
     /// so an inline response costs nothing extra.
@@ -54,6 +66,12 @@ final class HTTPConnection: ChannelInboundHandler {
 
     init(worker: WorkerServer) {
         self.worker = worker
+        c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
+        parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        parser.deallocate()
     }
 
     // MARK: - Channel events
@@ -83,6 +101,7 @@ final class HTTPConnection: ChannelInboundHandler {
         idleTimer?.cancel()
         idleTimer = nil
         context = nil
+        pending = nil
         // A slot whose app still runs on a pool thread is released when it returns.
         if let slot = slot, !appRunning { worker.releaseSlot(slot) }
         slot = nil
@@ -91,11 +110,19 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        if case .closing = phase { return }
-        if case .responding = phase { queue.append(part); return }
-        if !queue.isEmpty { queue.append(part); return }
-        process(part, context: context)
+        var buffer = unwrapInboundIn(data)
+        switch phase {
+        case .closing: return
+        case .responding: stash(&buffer); return
+        default: break
+        }
+        if pending != nil { stash(&buffer); return }
+        parse(&buffer, context: context)
+    }
+
+    private func stash(_ buffer: inout ByteBuffer) {
+        if upgraded || buffer.readableBytes == 0 { return }
+        if pending == nil { pending = buffer } else { pending!.writeBuffer(&buffer) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -133,155 +160,280 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let parserError = error as? HTTPParserError {
-            // A framing error: answer it if the connection is between responses, then close.
-            // The decoder stops here, so no byte after the error reaches an application.
-            let (status, message) = Self.describe(parserError)
-            worker.log(.info, "rejected a request from \(info?.remoteAddress ?? "?") with \(status): \(message)")
-            switch phase {
-            case .idle, .readingBody, .discardingBody:
-                if let slot = slot { worker.releaseSlot(slot); self.slot = nil }
-                reject(status: status, message: message, context: context)
-            case .responding:
-                closeAfterResponse = true
-                queue.removeAll()
-            case .closing:
-                break
-            }
-            return
-        }
         if case .responding = phase {} else { context.close(promise: nil) }
         phase = .closing
     }
 
-    static func describe(_ e: HTTPParserError) -> (Int, String) {
-        switch e {
-        case .headerOverflow: return (431, "the request head is larger than srv accepts")
-        case .invalidContentLength, .unexpectedContentLength:
+    // MARK: - Parsing
+
+    /// Feeds `buffer` to llhttp. It pauses after each complete message, which is then
+    /// answered; parsing goes on while the answer was immediate, and what is left waits
+    /// in `pending` while an answer is still in progress.
+    private func parse(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        parsing = true
+        defer {
+            parsing = false
+            // A streamed response may have finished inside the loop (a file or iterator
+            // body that went out at once): reads paused for it start again here.
+            if takesInput { resumeReads(context: context) }
+        }
+        while buffer.readableBytes > 0 {
+            // srv serves no other protocol: after an Upgrade or CONNECT the rest is dropped.
+            if upgraded { return }
+            input = buffer
+            var consumed = 0
+            let rc = buffer.withUnsafeReadableBytes { raw -> llhttp_errno_t in
+                inputBase = raw.baseAddress
+                let rc = c_nio_llhttp_execute(parser, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                if rc == HPE_OK {
+                    consumed = raw.count
+                } else if let stop = c_nio_llhttp_get_error_pos(parser) {
+                    consumed = UnsafeRawPointer(stop) - raw.baseAddress!
+                }
+                return rc
+            }
+            input = nil
+            inputBase = nil
+            switch rc {
+            case HPE_OK:
+                return
+            case HPE_PAUSED, HPE_PAUSED_UPGRADE:
+                buffer.moveReaderIndex(forwardBy: consumed)
+                c_nio_llhttp_resume(parser)
+                messageComplete(context: context)
+                if !takesInput {
+                    if case .responding = phase { stash(&buffer) }
+                    return
+                }
+            default:
+                parseFailed(rc, context: context)
+                return
+            }
+        }
+    }
+
+    private static let parserSettings: UnsafeMutablePointer<llhttp_settings_t> = {
+        let s = UnsafeMutablePointer<llhttp_settings_t>.allocate(capacity: 1)
+        c_nio_llhttp_settings_init(s)
+        s.pointee.on_message_begin = { p in HTTPConnection.with(p) { $0.messageBegin() } }
+        s.pointee.on_url = { p, at, n in HTTPConnection.with(p) { $0.targetData(at!, n) } }
+        s.pointee.on_url_complete = { p in HTTPConnection.with(p) { $0.targetComplete(p!) } }
+        s.pointee.on_header_field = { p, at, n in HTTPConnection.with(p) { $0.nameData(at!, n) } }
+        s.pointee.on_header_field_complete = { p in HTTPConnection.with(p) { $0.head.tokenComplete(); return 0 } }
+        s.pointee.on_header_value = { p, at, n in HTTPConnection.with(p) { $0.valueData(at!, n) } }
+        s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.head.valueComplete(); return 0 } }
+        s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }
+        s.pointee.on_body = { p, at, n in HTTPConnection.with(p) { $0.bodyData(at!, n) } }
+        s.pointee.on_message_complete = { p in
+            // As NIO's decoder does (llhttp issue 202): no stale length for the next message.
+            p!.pointee.content_length = 0
+            return Int32(HPE_PAUSED.rawValue)
+        }
+        return s
+    }()
+
+    /// The connection a callback belongs to, without retaining it (it owns the parser).
+    @inline(__always)
+    private static func with(_ p: UnsafeMutablePointer<llhttp_t>?, _ body: (HTTPConnection) -> Int32) -> Int32 {
+        Unmanaged<HTTPConnection>.fromOpaque(p!.pointee.data)._withUnsafeGuaranteedRef(body)
+    }
+
+    private func refuse(_ status: Int, _ message: String) -> Int32 {
+        refusal = (status, message)
+        return -1
+    }
+
+    private func messageBegin() -> Int32 {
+        head.reset()
+        refusal = nil
+        lastActivity = .now()
+        if worker.accessLog != nil { clock_gettime(CLOCK_REALTIME, &requestStart) }
+        return 0
+    }
+
+    private func targetData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        head.appendTarget(at, n)
+        let limit = worker.limits.line
+        if limit > 0 && head.targetLength > limit {
+            return refuse(414, "the request line is longer than the limit of \(limit) bytes (--limit-request-line)")
+        }
+        if head.size > RequestHead.maxBytes { return refuse(414, "the request target is larger than srv accepts (\(RequestHead.maxBytes) bytes)") }
+        return 0
+    }
+
+    private func targetComplete(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
+        head.tokenComplete()
+        let limit = worker.limits.line
+        // The method, two spaces and "HTTP/1.x".
+        let length = Int(strlen(c_nio_llhttp_method_name(llhttp_method_t(UInt32(p.pointee.method))))) + head.targetLength + 10
+        if limit > 0 && length > limit {
+            return refuse(414, "the request line is \(length) bytes, longer than the limit of \(limit) (--limit-request-line)")
+        }
+        return 0
+    }
+
+    private func nameData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        let limit = worker.limits.fields
+        if head.appendName(at, n), limit > 0 && head.fieldCount > limit {
+            return refuse(431, "the request has more than \(limit) header fields (--limit-request-fields)")
+        }
+        return checkFieldSize()
+    }
+
+    private func valueData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        head.appendValue(at, n)
+        return checkFieldSize()
+    }
+
+    @inline(__always)
+    private func checkFieldSize() -> Int32 {
+        let limit = worker.limits.fieldSize
+        if limit > 0 && head.currentFieldSize > limit {
+            let name = String(decoding: head.name(head.fieldCount - 1).prefix(64), as: UTF8.self)
+            return refuse(431, "header field \(name) is larger than the limit of \(limit) bytes (--limit-request-field-size)")
+        }
+        if head.size > RequestHead.maxBytes {
+            return refuse(431, "the request head is larger than srv accepts (\(RequestHead.maxBytes) bytes)")
+        }
+        return 0
+    }
+
+    private func headersComplete(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
+        head.complete(p)
+        if p.pointee.upgrade != 0 {
+            // Upgrade or CONNECT: srv speaks no other protocol. The app answers the request
+            // (it sees HTTP_UPGRADE), with Connection: close; nothing after it is read.
+            upgraded = true
+            closeAfterResponse = true
+        }
+        return startRequest() ? 0 : -1
+    }
+
+    private func bodyData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        guard case .readingBody = phase, let slot = slot else { return 0 }
+        let limit = worker.limits.body
+        if slot.requestBody.length + n > limit {
+            return refuse(413, "the request body is larger than the limit of \(limit) bytes (--limit-request-body)")
+        }
+        var chunk = input!.getSlice(at: input!.readerIndex + (UnsafeRawPointer(at) - inputBase!), length: n)!
+        do { try slot.requestBody.append(&chunk) } catch {
+            worker.log(.error, "\(error)")
+            return refuse(500, "srv could not store the request body")
+        }
+        return 0
+    }
+
+    /// A framing error, or a callback's refusal: answer it, then close. llhttp stops at
+    /// the error for good, so no byte after it reaches an application.
+    private func parseFailed(_ rc: llhttp_errno_t, context: ChannelHandlerContext) {
+        let status: Int, message: String
+        if let r = refusal {
+            (status, message) = r
+        } else {
+            (status, message) = Self.describe(rc, reason: c_nio_llhttp_get_error_reason(parser).map { String(cString: $0) } ?? "")
+            worker.log(.info, "rejected a request from \(info?.remoteAddress ?? "?") with \(status): \(message)")
+        }
+        refusal = nil
+        if let slot = slot { worker.releaseSlot(slot); self.slot = nil }
+        reject(status: status, message: message, context: context)
+    }
+
+    static func describe(_ rc: llhttp_errno_t, reason: String) -> (Int, String) {
+        switch rc {
+        case HPE_INVALID_CONTENT_LENGTH, HPE_UNEXPECTED_CONTENT_LENGTH:
             return (400, "invalid or conflicting Content-Length (also sent with Transfer-Encoding, or repeated)")
-        case .invalidChunkSize: return (400, "invalid chunk size in a chunked body")
-        case .invalidHeaderToken: return (400, "invalid header name or value (control characters, obsolete line folding or a bad token)")
-        case .invalidVersion: return (400, "invalid HTTP version")
-        case .invalidMethod: return (400, "invalid method")
-        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
-            return (400, "invalid request target")
-        default: return (400, "malformed request (\(e))")
+        case HPE_INVALID_CHUNK_SIZE: return (400, "invalid chunk size in a chunked body")
+        case HPE_INVALID_HEADER_TOKEN, HPE_UNEXPECTED_SPACE:
+            return (400, "invalid header name or value (control characters, obsolete line folding or a bad token): \(reason)")
+        case HPE_INVALID_VERSION: return (400, "invalid HTTP version; expected HTTP/1.0 or HTTP/1.1")
+        case HPE_INVALID_METHOD: return (400, "invalid method")
+        case HPE_INVALID_URL: return (400, "invalid request target")
+        case HPE_INVALID_TRANSFER_ENCODING: return (400, "invalid Transfer-Encoding: \(reason)")
+        default: return (400, "malformed request: \(reason)")
+        }
+    }
+
+    /// The message ended: call the application, or answer a request nobody will see.
+    private func messageComplete(context: ChannelHandlerContext) {
+        switch phase {
+        case .readingBody:
+            dispatch(context: context)
+        case .discardingBody(let status, let message):
+            phase = .idle
+            respondPlain(status: status, message: message, close: !head.keepAlive, context: context)
+            requestFinished(context: context)
+        default:
+            break
         }
     }
 
     // MARK: - Requests
 
-    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch part {
-        case .head(let head):
-            lastActivity = .now()
-            startRequest(head, context: context)
-        case .body(var buffer):
-            switch phase {
-            case .readingBody:
-                guard let slot = slot else { return }
-                if slot.requestBody.length + buffer.readableBytes > worker.settings.limitRequestBody {
-                    worker.releaseSlot(slot); self.slot = nil
-                    reject(status: 413, message: "the request body is larger than the limit of \(worker.settings.limitRequestBody) bytes (--limit-request-body)", context: context)
-                    return
-                }
-                do { try slot.requestBody.append(&buffer) } catch {
-                    worker.log(.error, "\(error)")
-                    worker.releaseSlot(slot); self.slot = nil
-                    reject(status: 500, message: "srv could not store the request body", context: context)
-                }
-            default:
-                break
-            }
-        case .end:
-            switch phase {
-            case .readingBody:
-                dispatch(context: context)
-            case .discardingBody(let status, let message):
-                phase = .idle
-                respondPlain(status: status, message: message, close: !(head?.isKeepAlive ?? false), context: context)
-                requestFinished(context: context)
-            default:
-                break
-            }
+    /// Checks a complete head and prepares the slot; false (with `refusal` set) when srv
+    /// refuses the request.
+    private func startRequest() -> Bool {
+        if head.versionMajor == 0 {
+            refusal = (400, "the request line has no HTTP version; expected HTTP/1.0 or HTTP/1.1")
+            return false
         }
-    }
-
-    private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        clock_gettime(CLOCK_REALTIME, &requestStart)
-        self.head = head
-        let s = worker.settings
-        guard head.version.major == 1 else {
-            reject(status: 505, message: "HTTP version \(head.version.major).\(head.version.minor) is not supported; expected HTTP/1.0 or HTTP/1.1", context: context)
-            return
-        }
-        let lineLength = head.method.rawValue.utf8.count + head.uri.utf8.count + 10
-        if s.limitRequestLine > 0 && lineLength > s.limitRequestLine {
-            reject(status: 414, message: "the request line is \(lineLength) bytes, longer than the limit of \(s.limitRequestLine) (--limit-request-line)", context: context)
-            return
-        }
-        if s.limitRequestFields > 0 && head.headers.count > s.limitRequestFields {
-            reject(status: 431, message: "the request has \(head.headers.count) header fields, more than the limit of \(s.limitRequestFields) (--limit-request-fields)", context: context)
-            return
+        guard head.versionMajor == 1 else {
+            refusal = (505, "HTTP version \(head.versionMajor).\(head.versionMinor) is not supported; expected HTTP/1.0 or HTTP/1.1")
+            return false
         }
         var contentLength: Int?
         var contentLengthCount = 0
-        var transferEncoding: String?
-        var expect: String?
+        var transferEncoding: UnsafeRawBufferPointer?
+        var transferEncodingCount = 0
+        var expect: UnsafeRawBufferPointer?
         var forwardedFor: String?, forwardedProto: String?
         var hostCount = 0
         let trusted = info.trustedProxy
-        var headerBytes = 0
-        for (name, value) in head.headers {
-            let fieldSize = name.utf8.count + value.utf8.count + 2
-            headerBytes += fieldSize
-            if s.limitRequestFieldSize > 0 && fieldSize > s.limitRequestFieldSize {
-                reject(status: 431, message: "header field \(name) is larger than the limit of \(s.limitRequestFieldSize) bytes (--limit-request-field-size)", context: context)
-                return
-            }
-            switch name.utf8.count {
+        for i in 0..<head.fieldCount {
+            let name = head.name(i), value = head.value(i)
+            switch name.count {
             case 14 where HTTPChars.equalsLower(name, "content-length"):
                 contentLengthCount += 1
                 contentLength = HTTPChars.parseDecimal(value.trimmingSpaces)
                 if contentLength == nil || contentLengthCount > 1 {
-                    reject(status: 400, message: "invalid Content-Length (expected one decimal number, found \"\(value.prefix(40))\"\(contentLengthCount > 1 ? " repeated" : ""))", context: context)
-                    return
+                    refusal = (400, "invalid Content-Length (expected one decimal number, found \"\(String(decoding: value.prefix(40), as: UTF8.self))\"\(contentLengthCount > 1 ? " repeated" : ""))")
+                    return false
                 }
             case 17 where HTTPChars.equalsLower(name, "transfer-encoding"):
-                transferEncoding = (transferEncoding.map { $0 + "," } ?? "") + value
+                transferEncodingCount += 1
+                transferEncoding = value
             case 4 where HTTPChars.equalsLower(name, "host"):
                 hostCount += 1
             case 6 where HTTPChars.equalsLower(name, "expect"):
                 expect = value
             case 15 where trusted && HTTPChars.equalsLower(name, "x-forwarded-for"):
-                forwardedFor = value
+                forwardedFor = String(decoding: value, as: UTF8.self)
             case 17 where trusted && HTTPChars.equalsLower(name, "x-forwarded-proto"):
-                forwardedProto = value
+                forwardedProto = String(decoding: value, as: UTF8.self)
             default: break
             }
         }
-        if hostCount > 1 || (hostCount == 0 && head.version.minor >= 1) {
-            reject(status: 400, message: hostCount > 1 ? "a request must have one Host header, found \(hostCount)" : "an HTTP/1.1 request must have a Host header", context: context)
-            return
+        if hostCount > 1 || (hostCount == 0 && head.versionMinor >= 1) {
+            refusal = (400, hostCount > 1 ? "a request must have one Host header, found \(hostCount)" : "an HTTP/1.1 request must have a Host header")
+            return false
         }
         if let te = transferEncoding {
-            if te.trimmingSpaces.lowercased() != "chunked" {
-                reject(status: 501, message: "Transfer-Encoding \"\(te.prefix(40))\" is not supported; srv accepts only chunked", context: context)
-                return
+            if transferEncodingCount > 1 || !HTTPChars.equalsLower(te.trimmingSpaces, "chunked") {
+                refusal = (501, "Transfer-Encoding \"\(String(decoding: te.prefix(40), as: UTF8.self))\"\(transferEncodingCount > 1 ? " (repeated)" : "") is not supported; srv accepts only chunked")
+                return false
             }
             if contentLength != nil {
-                reject(status: 400, message: "a request must not have both Content-Length and Transfer-Encoding", context: context)
-                return
+                refusal = (400, "a request must not have both Content-Length and Transfer-Encoding")
+                return false
             }
         }
-        if let length = contentLength, length > s.limitRequestBody {
-            reject(status: 413, message: "the request body is \(length) bytes, larger than the limit of \(s.limitRequestBody) (--limit-request-body)", context: context)
-            return
+        if let length = contentLength, length > worker.limits.body {
+            refusal = (413, "the request body is \(length) bytes, larger than the limit of \(worker.limits.body) (--limit-request-body)")
+            return false
         }
-        if let expect = expect, head.version.minor >= 1 {
-            guard expect.trimmingSpaces.lowercased() == "100-continue" else {
-                reject(status: 417, message: "unsupported expectation \"\(expect.prefix(40))\"; srv supports only 100-continue", context: context)
-                return
+        if let expect = expect, head.versionMinor >= 1, let context = context {
+            guard HTTPChars.equalsLower(expect.trimmingSpaces, "100-continue") else {
+                refusal = (417, "unsupported expectation \"\(String(decoding: expect.prefix(40), as: UTF8.self))\"; srv supports only 100-continue")
+                return false
             }
             var cont = context.channel.allocator.buffer(capacity: 32)
             cont.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -289,39 +441,37 @@ final class HTTPConnection: ChannelInboundHandler {
         }
 
         let slot = worker.acquireSlot()
-        slot.isHead = head.method == .HEAD
-        slot.http10 = head.version.minor == 0
-        slot.keepAlive = head.isKeepAlive && !closeAfterResponse && !worker.isShuttingDown
-        slot.method = head.method.rawValue
-        slot.target = head.uri
+        slot.isHead = head.isHEAD
+        slot.http10 = head.versionMinor == 0
+        slot.keepAlive = head.keepAlive && !closeAfterResponse && !worker.isShuttingDown
         let connection = forwardedFor != nil || forwardedProto != nil
             ? info.forwarded(for: forwardedFor, proto: forwardedProto) : info!
         do {
-            guard try slot.prepare(head: head, connection: connection, router: worker.router, requestID: worker.nextRequestID(),
-                                    headerBytes: headerBytes) != nil else {
+            guard try slot.prepare(head: head, connection: connection, router: worker.router,
+                                   requestID: worker.nextRequestID()) != nil else {
                 worker.releaseSlot(slot)
                 phase = .discardingBody(status: 404, message: "Not Found")
-                return
+                return true
             }
         } catch let e as ClientError {
             worker.releaseSlot(slot)
-            let (status, message) = e.status
-            reject(status: status, message: message, context: context)
-            return
+            refusal = e.status
+            return false
         } catch {
             worker.releaseSlot(slot)
-            reject(status: 400, message: "\(error)", context: context)
-            return
+            refusal = (400, "\(error)")
+            return false
         }
         self.slot = slot
         phase = .readingBody
+        return true
     }
 
     /// Calls the application, inline or on the thread pool.
     private func dispatch(context: ChannelHandlerContext) {
         guard let slot = slot else { return }
         slot.bodyComplete()
-        worker.scoreboard?.requestBegan(method: slot.method, target: slot.target)
+        worker.scoreboard?.requestBegan(method: slot.methodBytes, target: slot.targetBytes)
         slot.begin()
         phase = .responding
         if let pool = worker.threadPool {
@@ -445,10 +595,10 @@ final class HTTPConnection: ChannelInboundHandler {
 
     /// Logs the request, recycles the slot and moves on to the next pipelined request.
     private func requestFinished(context: ChannelHandlerContext) {
-        var keepAlive = head?.isKeepAlive ?? false
+        var keepAlive = head.keepAlive
         if let slot = slot {
             keepAlive = slot.keepAlive
-            if let log = worker.accessLog, let head = head { logAccess(log, head: head, status: slot.status, bytes: slot.bodyBytes) }
+            if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes) }
             worker.releaseSlot(slot)
             self.slot = nil
             worker.requestCompleted()
@@ -457,22 +607,25 @@ final class HTTPConnection: ChannelInboundHandler {
         lastActivity = .now()
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
             phase = .closing
+            pending = nil
             context.writeAndFlush(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0)))).whenComplete { _ in
                 context.close(promise: nil)
             }
             return
         }
         phase = .idle
-        drainQueue(context: context)
+        drainPending(context: context)
     }
 
-    /// Processes pipelined input that waited while a response was in progress, until a
+    /// After an asynchronous response: parses the input that waited meanwhile, until a
     /// response goes asynchronous again; then flushes and lets the socket be read again.
-    private func drainQueue(context: ChannelHandlerContext) {
-        guard !draining else { return }  // requestFinished inside the loop below
-        draining = true
-        defer { draining = false }
-        while takesInput, let part = queue.popFirst() { process(part, context: context) }
+    /// Inside `parse` (an immediate response) there is nothing to do: its loop goes on.
+    private func drainPending(context: ChannelHandlerContext) {
+        guard !parsing else { return }
+        if var more = pending {
+            pending = nil
+            parse(&more, context: context)
+        }
         guard takesInput else { return }
         if needsFlush { needsFlush = false; context.flush() }
         resumeReads(context: context)
@@ -486,13 +639,15 @@ final class HTTPConnection: ChannelInboundHandler {
         }
     }
 
-    private func logAccess(_ log: AccessLog, head: HTTPRequestHead, status: Int, bytes: Int) {
+    private func logAccess(_ log: AccessLog, status: Int, bytes: Int) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let micros = (now.tv_sec - requestStart.tv_sec) * 1_000_000 + (now.tv_nsec - requestStart.tv_nsec) / 1000
-        log.log(AccessRecord(remote: info.remoteAddress, method: head.method.rawValue, uri: head.uri,
-                             version: "HTTP/\(head.version.major).\(head.version.minor)", status: status,
-                             bytes: bytes, headers: head.headers, started: requestStart, durationMicros: micros))
+        let complete = head.isComplete
+        log.log(AccessRecord(remote: info.remoteAddress, method: complete ? head.methodString : "-",
+                             uri: complete ? head.targetString : "-", version: complete ? head.versionString : "-",
+                             status: status, bytes: bytes, header: { self.head.first($0) },
+                             started: requestStart, durationMicros: micros))
     }
 
     // MARK: - srv's own answers
@@ -500,9 +655,9 @@ final class HTTPConnection: ChannelInboundHandler {
     /// Answers a request srv refuses (the app never sees it) and closes the connection.
     private func reject(status: Int, message: String, context: ChannelHandlerContext) {
         respondPlain(status: status, message: message, close: true, context: context)
-        if let log = worker.accessLog, let head = head { logAccess(log, head: head, status: status, bytes: message.utf8.count + 1) }
+        if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1) }
         phase = .closing
-        queue.removeAll()
+        pending = nil
         context.flush()
         context.close(promise: nil)
     }
@@ -516,7 +671,7 @@ final class HTTPConnection: ChannelInboundHandler {
         out.append(string: "Content-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n")
         if close || closeAfterResponse || worker.isShuttingDown { out.append("Connection: close\r\n") }
         out.append("\r\n")
-        if head?.method != .HEAD { out.append(string: body) }
+        if !(head.isComplete && head.isHEAD) { out.append(string: body) }
         context.write(wrapOutboundOut(.byteBuffer(out.byteBuffer(context.channel.allocator))), promise: nil)
         needsFlush = true
     }

@@ -2,13 +2,16 @@ import CSrvSystem
 import Glibc
 import Logging
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 /// The HTTP side of a worker process: one event loop serving the listeners the master
 /// passed, the loaded applications, and the pool of request slots.
 public final class WorkerServer {
     public let settings: Settings
+    /// The request limits as plain integers: the request path reads them without copying
+    /// `settings` (whose strings and arrays would be retained and released each time).
+    struct Limits { var line, fields, fieldSize, body: Int }
+    let limits: Limits
     let router: Router
     let logger: Logger
     let scoreboard: Scoreboard?
@@ -33,6 +36,8 @@ public final class WorkerServer {
     public init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
                 accessLog: AccessLog?, generation: Int, multiprocess: Bool) {
         self.settings = settings
+        self.limits = Limits(line: settings.limitRequestLine, fields: settings.limitRequestFields,
+                             fieldSize: settings.limitRequestFieldSize, body: settings.limitRequestBody)
         self.router = Router(apps: apps)
         self.logger = logger
         self.scoreboard = scoreboard
@@ -67,7 +72,6 @@ public final class WorkerServer {
                         if self.settings.proxyProtocol {
                             try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
                         }
-                        try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                         try sync.addHandler(HTTPConnection(worker: self))
                     }
                 }

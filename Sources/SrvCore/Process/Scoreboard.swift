@@ -47,20 +47,14 @@ public final class Scoreboard {
     public func heartbeat() { atomicStore(0, Scoreboard.now()) }
 
     @inline(__always)
-    public func requestBegan(method: String, target: String) {
-        var method = method, target = target
-        var n = 0
-        method.withUTF8 { raw in
-            n = min(raw.count, Scoreboard.lineCapacity - 1)
-            if n > 0 { (base + 32).copyMemory(from: raw.baseAddress!, byteCount: n) }
-        }
+    public func requestBegan(method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
+        var n = min(method.count, Scoreboard.lineCapacity - 1)
+        if n > 0 { (base + 32).copyMemory(from: method.baseAddress!, byteCount: n) }
         (base + 32 + n).storeBytes(of: UInt8(ascii: " "), as: UInt8.self)
         n += 1
-        target.withUTF8 { raw in
-            let m = min(raw.count, Scoreboard.lineCapacity - n)
-            if m > 0 { (base + 32 + n).copyMemory(from: raw.baseAddress!, byteCount: m) }
-            n += m
-        }
+        let m = min(target.count, Scoreboard.lineCapacity - n)
+        if m > 0 { (base + 32 + n).copyMemory(from: target.baseAddress!, byteCount: m) }
+        n += m
         (base + 24).storeBytes(of: UInt32(n), as: UInt32.self)
         atomicStore(16, Scoreboard.now())
     }
