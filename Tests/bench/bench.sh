@@ -14,6 +14,43 @@ echo "== $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores, $(grep -m1 'model n
 echo "== 1. hello world, keep-alive, wrk -t1 -c$conns -d${secs}s"
 "$here/peers/bench.sh" "$secs" "$conns" "$srv --app $plugins/libhello.so -b 127.0.0.1:18080 -w 1 --log-level warning"
 
+# One run per server is at the mercy of this shared machine's neighbours (the same server
+# moves 15% between runs, and now and then a run halves). Rounds that alternate the three
+# servers see the same conditions; the medians are the figures to compare.
+rounds=${ROUNDS:-5}
+echo "== 1b. hello world, $rounds alternating rounds of nginx, kore and srv, ${secs}s each; medians"
+kdir=$(mktemp -d)/kore; mkdir -p "$kdir"; cp -r "$here/peers/kore/." "$kdir"; (cd "$kdir" && kodev build >/dev/null 2>&1)
+round() { # name port command...
+  local name=$1 port=$2; shift 2
+  "$@" >/dev/null 2>&1 & local pid=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  echo "$name $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
+}
+rows=$(for r in $(seq "$rounds"); do
+  round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
+  round kore 18082 sh -c "cd '$kdir' && exec kore -f -r -c conf/kore.conf"
+  round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning
+done)
+rm -rf "${kdir%/kore}"
+python3 - "$rows" <<'PY'
+import statistics, sys
+def ms(v):
+    return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+runs = {}
+for line in sys.argv[1].splitlines():
+    name, rps, p99 = line.split()
+    runs.setdefault(name, []).append((float(rps), ms(p99)))
+med = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in runs.items()}
+for n, v in runs.items():
+    print(f"{n:6} req/s " + " ".join(f"{r:9,.0f}" for r, _ in v) + f"   median {med[n][0]:9,.0f}   p99 median {med[n][1]:.2f} ms")
+s = med["srv"]
+for peer in ("nginx", "kore"):
+    print(f"srv/{peer}: throughput {s[0] / med[peer][0]:.2f}x, p99 {s[1]:.2f} ms against {med[peer][1]:.2f} ms")
+PY
+
 echo "== 2. 1 MiB file body, wrk -t1 -c$conns -d${secs}s"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT

@@ -78,19 +78,21 @@ final class RequestSlot {
         arena = .allocate(byteCount: arenaCapacity, alignment: 8)
         requestBody = RequestBody(memoryLimit: context.bodyMemoryLimit, spoolDirectory: context.spoolDirectory)
         var callbacks = srv_sys_request_callbacks()
+        // The slot owns the closures, so a callback never needs to retain it.
         callbacks.context = Unmanaged.passUnretained(self).toOpaque()
         callbacks.start_response = { ctx, status, headers, count, exc in
-            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue()
-                .startResponse(status: status, headers: headers, count: count, excInfo: exc)
+            Unmanaged<RequestSlot>.fromOpaque(ctx!)._withUnsafeGuaranteedRef {
+                $0.startResponse(status: status, headers: headers, count: count, excInfo: exc)
+            }
         }
         callbacks.write = { ctx, data, len in
-            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().write(data, len)
+            Unmanaged<RequestSlot>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.write(data, len) }
         }
         callbacks.read = { ctx, buf, n in
-            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().read(buf, n)
+            Unmanaged<RequestSlot>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.read(buf, n) }
         }
         callbacks.error = { ctx, msg, len in
-            Unmanaged<RequestSlot>.fromOpaque(ctx!).takeUnretainedValue().logError(msg, len)
+            Unmanaged<RequestSlot>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.logError(msg, len) }
         }
         guard srv_sys_closures_create(&callbacks, &closures) == 0 else {
             fatalError("libffi could not allocate closures (out of executable memory?)")
