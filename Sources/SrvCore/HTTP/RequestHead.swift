@@ -104,6 +104,8 @@ final class RequestHead {
     }
 
     func appendValue(_ at: UnsafePointer<CChar>, _ n: Int) {
+        // llhttp always reports a name first; never index before the first field.
+        if fieldCount == 0 { appendName(at, 0) }
         if token != .value {
             fields[fieldCount - 1].valueStart = size
             token = .value
