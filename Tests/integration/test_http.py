@@ -452,13 +452,12 @@ def test_mutated_requests_never_crash_the_worker(app):
             c.send(bytes(data[:cut]))
             c.send(bytes(data[cut:]))
             c.sock.shutdown(socket.SHUT_WR)
-            try:
-                while c.sock.recv(65536):
-                    pass
-            except (ConnectionResetError, socket.timeout):
+            while c.sock.recv(65536):
                 pass
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except socket.timeout:
+            raise AssertionError(f"no answer and no close for mutation {i}: {bytes(data)!r}")
+        except OSError:
+            pass  # srv may close first (reset, not connected): what matters is below
         finally:
             c.close()
     assert counter(app.port)[0] == pid, "a mutated request crashed the worker"
