@@ -123,11 +123,6 @@ final class RequestSlot {
         return srv_str(ptr: start.assumingMemoryBound(to: CChar.self), len: bytes.count)
     }
 
-    @inline(__always)
-    private func put(_ s: String) -> srv_str {
-        var s = s
-        return s.withUTF8 { put(UnsafeRawBufferPointer($0)) }
-    }
 
     private static let empty: srv_str = {
         let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
@@ -168,14 +163,11 @@ final class RequestSlot {
         if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
         e.query_string = query.count == 0 ? Self.empty : put(query)
         let decoded = try percentDecode(path)
-        let routed = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len))
-        if let app = routed {
-            let m = app.scriptName.count
-            e.script_name = app.scriptName.str
-            e.path_info = srv_str(ptr: decoded.ptr! + m, len: decoded.len - m)
-        }
-        guard let app = routed else { return nil }
+        guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return nil }
         self.app = app
+        let m = app.scriptName.count
+        e.script_name = app.scriptName.str
+        e.path_info = srv_str(ptr: decoded.ptr! + m, len: decoded.len - m)
 
         let strings = connection.c
         var count = 0
@@ -190,8 +182,8 @@ final class RequestSlot {
             headers[count] = srv_header(name: n, value: v)
             count += 1
             switch name.count {
-            case 12 where Self.equalsLower(n, "content-type"): e.content_type = v
-            case 4 where Self.equalsLower(n, "host"): host = v
+            case 12 where HTTPChars.equalsLower(name, "content-type"): e.content_type = v
+            case 4 where HTTPChars.equalsLower(name, "host"): host = v
             default: break
             }
         }
@@ -604,10 +596,6 @@ final class RequestSlot {
         case 97...102: return c - 87
         default: return nil
         }
-    }
-
-    static func equalsLower(_ s: srv_str, _ lower: StaticString) -> Bool {
-        HTTPChars.equalsLower(UnsafeRawBufferPointer(start: s.ptr, count: s.len), lower)
     }
 
     static func formatDecimal(_ value: UInt64, into buffer: inout [UInt8]) -> Int {

@@ -44,11 +44,6 @@ enum HTTPChars {
         return true
     }
 
-    static func equalsLower(_ s: String, _ lower: StaticString) -> Bool {
-        var s = s
-        return s.withUTF8 { equalsLower(UnsafeRawBufferPointer($0), lower) }
-    }
-
     /// Connection-level headers an application must not set: srv owns the framing.
     static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
         switch name.count {
