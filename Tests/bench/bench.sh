@@ -18,8 +18,12 @@ echo "== 1. hello world, keep-alive, wrk -t1 -c$conns -d${secs}s"
 # moves 15% between runs, and now and then a run halves). Rounds that alternate the three
 # servers see the same conditions; the medians are the figures to compare.
 rounds=${ROUNDS:-5}
-echo "== 1b. hello world, $rounds alternating rounds of nginx, kore and srv, ${secs}s each; medians"
+# nio-floor is SwiftNIO alone answering with srv's bytes (no parsing, no application):
+# the fastest an NIO-based worker can be here. srv above it is srv's own cost.
+echo "== 1b. hello world, $rounds alternating rounds of nginx, kore, nio-floor and srv, ${secs}s each; medians"
 kdir=$(mktemp -d)/kore; mkdir -p "$kdir"; cp -r "$here/peers/kore/." "$kdir"; (cd "$kdir" && kodev build >/dev/null 2>&1)
+swift build -c release --package-path "$here/nio-floor" >/dev/null 2>&1 || echo "nio-floor did not build; its rows are left out"
+floor="$here/nio-floor/.build/release/nio-floor"
 round() { # name port command...
   local name=$1 port=$2; shift 2
   "$@" >/dev/null 2>&1 & local pid=$!
@@ -32,6 +36,7 @@ round() { # name port command...
 rows=$(for r in $(seq "$rounds"); do
   round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
   round kore 18082 sh -c "cd '$kdir' && exec kore -f -r -c conf/kore.conf"
+  [ -x "$floor" ] && round nio-floor 18096 "$floor" 18096
   round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning
 done)
 rm -rf "${kdir%/kore}"
@@ -45,9 +50,9 @@ for line in sys.argv[1].splitlines():
     runs.setdefault(name, []).append((float(rps), ms(p99)))
 med = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in runs.items()}
 for n, v in runs.items():
-    print(f"{n:6} req/s " + " ".join(f"{r:9,.0f}" for r, _ in v) + f"   median {med[n][0]:9,.0f}   p99 median {med[n][1]:.2f} ms")
+    print(f"{n:9} req/s " + " ".join(f"{r:9,.0f}" for r, _ in v) + f"   median {med[n][0]:9,.0f}   p99 median {med[n][1]:.2f} ms")
 s = med["srv"]
-for peer in ("nginx", "kore"):
+for peer in [p for p in ("nginx", "kore", "nio-floor") if p in med]:
     print(f"srv/{peer}: throughput {s[0] / med[peer][0]:.2f}x, p99 {s[1]:.2f} ms against {med[peer][1]:.2f} ms")
 PY
 
