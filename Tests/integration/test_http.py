@@ -423,6 +423,28 @@ def test_head_larger_than_srv_accepts_431(serve):
         c.close()
 
 
+def test_long_host_fills_server_name(app):
+    """SERVER_NAME is a second copy of the Host value: a Host near the field-size limit
+    must fit in the request's memory (srv once sized it for one copy only)."""
+    pid, _ = counter(app.port)
+    host = "h" * 8000 + ".example"
+    c = Conn(app.port)
+    try:
+        c.send(req("GET", "/environ", [f"X-Pad: {'p' * 3000}"], host=False).replace(
+            b"\r\n", f"\r\nHost: {host}:8080\r\n".encode(), 1))
+        r = c.read_response()
+    finally:
+        c.close()
+    assert r.status == 200, r
+    env = json.loads(r.body)
+    assert env["SERVER_NAME"] == host, env["SERVER_NAME"][:40]
+    assert counter(app.port)[0] == pid
+
+
+def test_http2_request_line_505(app):
+    rejected_before_app(app, req("GET", "/counter", version="HTTP/2.0"), 505)
+
+
 def test_mutated_requests_never_crash_the_worker(app):
     """400 mutations of valid requests (flipped, inserted, dropped and truncated bytes,
     random splits): each gets an answer or a close, and the worker survives them all."""
