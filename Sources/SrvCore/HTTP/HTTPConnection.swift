@@ -41,7 +41,6 @@ final class HTTPConnection: ChannelInboundHandler {
     private var pending: ByteBuffer?
     /// The buffer llhttp is parsing, so that body callbacks can slice it without copying.
     private var input: ByteBuffer?
-    private var inputBase: UnsafeRawPointer?
     private var parsing = false
     /// Why a parser callback stopped the parser: srv's answer to the request.
     private var refusal: (status: Int, message: String)?
@@ -113,11 +112,9 @@ final class HTTPConnection: ChannelInboundHandler {
         var buffer = unwrapInboundIn(data)
         switch phase {
         case .closing: return
-        case .responding: stash(&buffer); return
-        default: break
+        case .responding: stash(&buffer)
+        default: if pending != nil { stash(&buffer) } else { parse(&buffer, context: context) }
         }
-        if pending != nil { stash(&buffer); return }
-        parse(&buffer, context: context)
     }
 
     private func stash(_ buffer: inout ByteBuffer) {
@@ -183,7 +180,6 @@ final class HTTPConnection: ChannelInboundHandler {
             input = buffer
             var consumed = 0
             let rc = buffer.withUnsafeReadableBytes { raw -> llhttp_errno_t in
-                inputBase = raw.baseAddress
                 let rc = c_nio_llhttp_execute(parser, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
                 if rc == HPE_OK {
                     consumed = raw.count
@@ -193,7 +189,6 @@ final class HTTPConnection: ChannelInboundHandler {
                 return rc
             }
             input = nil
-            inputBase = nil
             switch rc {
             case HPE_OK:
                 return
@@ -257,15 +252,14 @@ final class HTTPConnection: ChannelInboundHandler {
         if limit > 0 && head.targetLength > limit {
             return refuse(414, "the request line is longer than the limit of \(limit) bytes (--limit-request-line)")
         }
-        if head.size > RequestHead.maxBytes { return refuse(414, "the request target is larger than srv accepts (\(RequestHead.maxBytes) bytes)") }
-        return 0
+        return checkHeadSize(414)
     }
 
     private func targetComplete(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
         head.tokenComplete()
         let limit = worker.limits.line
         // The method, two spaces and "HTTP/1.x".
-        let length = Int(strlen(c_nio_llhttp_method_name(llhttp_method_t(UInt32(p.pointee.method))))) + head.targetLength + 10
+        let length = RequestHead.methodName(p.pointee.method).count + head.targetLength + 10
         if limit > 0 && length > limit {
             return refuse(414, "the request line is \(length) bytes, longer than the limit of \(limit) (--limit-request-line)")
         }
@@ -292,10 +286,13 @@ final class HTTPConnection: ChannelInboundHandler {
             let name = String(decoding: head.name(head.fieldCount - 1).prefix(64), as: UTF8.self)
             return refuse(431, "header field \(name) is larger than the limit of \(limit) bytes (--limit-request-field-size)")
         }
-        if head.size > RequestHead.maxBytes {
-            return refuse(431, "the request head is larger than srv accepts (\(RequestHead.maxBytes) bytes)")
-        }
-        return 0
+        return checkHeadSize(431)
+    }
+
+    /// Whatever the per-field limits say, srv bounds a whole head (`RequestHead.maxBytes`).
+    private func checkHeadSize(_ status: Int) -> Int32 {
+        head.size > RequestHead.maxBytes
+            ? refuse(status, "the request head is larger than srv accepts (\(RequestHead.maxBytes) bytes)") : 0
     }
 
     private func headersComplete(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
@@ -315,7 +312,8 @@ final class HTTPConnection: ChannelInboundHandler {
         if slot.requestBody.length + n > limit {
             return refuse(413, "the request body is larger than the limit of \(limit) bytes (--limit-request-body)")
         }
-        var chunk = input!.getSlice(at: input!.readerIndex + (UnsafeRawPointer(at) - inputBase!), length: n)!
+        let offset = input!.withUnsafeReadableBytes { UnsafeRawPointer(at) - $0.baseAddress! }
+        var chunk = input!.getSlice(at: input!.readerIndex + offset, length: n)!
         do { try slot.requestBody.append(&chunk) } catch {
             worker.log(.error, "\(error)")
             return refuse(500, "srv could not store the request body")
@@ -393,7 +391,7 @@ final class HTTPConnection: ChannelInboundHandler {
             switch name.count {
             case 14 where HTTPChars.equalsLower(name, "content-length"):
                 contentLengthCount += 1
-                contentLength = HTTPChars.parseDecimal(value.trimmingSpaces)
+                contentLength = HTTPChars.parseDecimal(value)
                 if contentLength == nil || contentLengthCount > 1 {
                     refusal = (400, "invalid Content-Length (expected one decimal number, found \"\(String(decoding: value.prefix(40), as: UTF8.self))\"\(contentLengthCount > 1 ? " repeated" : ""))")
                     return false
@@ -417,7 +415,7 @@ final class HTTPConnection: ChannelInboundHandler {
             return false
         }
         if let te = transferEncoding {
-            if transferEncodingCount > 1 || !HTTPChars.equalsLower(te.trimmingSpaces, "chunked") {
+            if transferEncodingCount > 1 || !HTTPChars.equalsLower(te, "chunked") {
                 refusal = (501, "Transfer-Encoding \"\(String(decoding: te.prefix(40), as: UTF8.self))\"\(transferEncodingCount > 1 ? " (repeated)" : "") is not supported; srv accepts only chunked")
                 return false
             }
@@ -431,7 +429,7 @@ final class HTTPConnection: ChannelInboundHandler {
             return false
         }
         if let expect = expect, head.versionMinor >= 1, let context = context {
-            guard HTTPChars.equalsLower(expect.trimmingSpaces, "100-continue") else {
+            guard HTTPChars.equalsLower(expect, "100-continue") else {
                 refusal = (417, "unsupported expectation \"\(String(decoding: expect.prefix(40), as: UTF8.self))\"; srv supports only 100-continue")
                 return false
             }

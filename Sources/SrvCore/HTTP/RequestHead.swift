@@ -119,7 +119,8 @@ final class RequestHead {
     func tokenComplete() { token = .none }
 
     /// A value ends: without trailing spaces and tabs (RFC 9112 5: they are not part of
-    /// it), whether it arrived in one read or several.
+    /// it), whether it arrived in one read or several. llhttp already skips the leading
+    /// ones, so every stored value is trimmed.
     func valueComplete() {
         if token == .value {
             let f = fields[fieldCount - 1]
@@ -140,13 +141,18 @@ final class RequestHead {
     /// Takes what llhttp knows once the head is complete.
     func complete(_ parser: UnsafeMutablePointer<llhttp_t>) {
         method = parser.pointee.method
-        let name = c_nio_llhttp_method_name(llhttp_method_t(UInt32(method)))!
-        methodName = UnsafeRawBufferPointer(start: name, count: strlen(name))
+        methodName = Self.methodName(method)
         versionMajor = Int(parser.pointee.http_major)
         versionMinor = Int(parser.pointee.http_minor)
         keepAlive = c_nio_llhttp_should_keep_alive(parser) != 0
         token = .none
         isComplete = true
+    }
+
+    /// llhttp's static name for a method it parsed.
+    static func methodName(_ method: UInt8) -> UnsafeRawBufferPointer {
+        let name = c_nio_llhttp_method_name(llhttp_method_t(UInt32(method)))!
+        return UnsafeRawBufferPointer(start: name, count: strlen(name))
     }
 
     // MARK: Reading
@@ -185,14 +191,4 @@ final class RequestHead {
     var targetString: String { String(decoding: target, as: UTF8.self) }
     var methodString: String { String(decoding: methodName, as: UTF8.self) }
     var versionString: String { "HTTP/\(versionMajor).\(versionMinor)" }
-}
-
-extension UnsafeRawBufferPointer {
-    /// Without leading and trailing spaces and tabs.
-    var trimmingSpaces: UnsafeRawBufferPointer {
-        var lo = 0, hi = count
-        while lo < hi && (self[lo] == 0x20 || self[lo] == 0x09) { lo += 1 }
-        while hi > lo && (self[hi - 1] == 0x20 || self[hi - 1] == 0x09) { hi -= 1 }
-        return UnsafeRawBufferPointer(rebasing: self[lo..<hi])
-    }
 }
