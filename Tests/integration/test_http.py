@@ -1528,3 +1528,102 @@ def test_access_log_custom_format(short_keep_alive):
     r = request(short_keep_alive.port, path="/status?code=208&fmt=1")
     assert r.status == 208
     wait_file_match(short_keep_alive.access_log, r"^GET /status code=208&fmt=1 208$")
+
+
+# ---------------------------------------------------------------------------------------
+# Direct sends: from a connection's second request on, srv writes complete responses with
+# one send(2) of its own; NIO takes whatever the socket does not accept at once, and
+# everything that follows waits behind it. Bytes and order must not change.
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def debug_app(module_servers):
+    """The conformance app logging at debug level (srv says there when it cannot send directly)."""
+    return module_servers(["--app", plugin("conformance"), "--log-level", "debug"])
+
+
+def test_response_larger_than_the_socket_takes_then_pipelined(debug_app, random_file):
+    """A 6 MiB response to a client that reads nothing yet: the socket takes part of it,
+    the rest waits in NIO. The pipelined bytes, file, iterator and srv's own answers behind
+    it come after it, whole and in order, and direct sends resume once NIO is done."""
+    path, data = random_file
+    body = os.urandom(6 << 20)
+    c = Conn(debug_app.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    try:
+        for code in (201, 202):  # the second request turns direct sends on
+            c.send(req("GET", f"/status?code={code}"))
+            assert c.read_response().status == code
+        c.send(req("POST", "/echo", body=body)
+               + req("GET", "/status?code=203")
+               + req("GET", file_url(path))
+               + req("GET", "/iter?n=3&size=4")
+               + req("GET", "/status?code=204")
+               + req("POST", "/echo", body="tail"))
+        time.sleep(0.5)  # srv has answered everything it could by now; nothing was read
+        r = c.read_response()
+        assert r.status == 200 and r.header("Content-Length") == str(len(body)), r
+        assert r.body == body
+        assert c.read_response().status == 203
+        r = c.read_response()
+        assert r.status == 200 and r.body == data
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"aaaabbbbcccc", r
+        assert c.read_response().status == 204
+        assert c.read_response().body == b"tail"
+        for code in (205, 206):
+            c.send(req("GET", f"/status?code={code}"))
+            assert c.read_response().status == code
+    finally:
+        c.close()
+    assert "cannot find the socket" not in debug_app.read_log()
+
+
+def test_direct_sends_over_unix_socket(serve, tmp_path):
+    """Keep-alive over a Unix socket takes the direct path too (the client has no address:
+    srv checks the listener's), pipelined responses included."""
+    path = f"/tmp/srv-test-{os.getpid()}-{free_port()}.sock"
+    try:
+        s = serve(["--app", plugin("conformance"), "--log-level", "debug"], bind=f"unix:{path}")
+        deadline = time.time() + 10
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.05)
+        c = Conn(unix=path)
+        try:
+            for i in range(3):
+                c.send(req("POST", "/echo", body=f"message {i}"))
+                assert c.read_response().body == f"message {i}".encode()
+            c.send(req("GET", "/status?code=201") + req("POST", "/echo", body="x" * 300000)
+                   + req("GET", "/status?code=202"))
+            assert c.read_response().status == 201
+            assert c.read_response().body == b"x" * 300000
+            assert c.read_response().status == 202
+        finally:
+            c.close()
+        assert "cannot find the socket" not in s.read_log()
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def test_client_gone_during_a_direct_send(debug_app):
+    """A client that resets its keep-alive connection while a large response is half sent
+    costs srv nothing: the worker goes on serving, and the same worker answers next."""
+    for _ in range(3):
+        c = Conn(debug_app.port)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        c.send(req("GET", "/status?code=201"))
+        assert c.read_response().status == 201
+        c.send(req("POST", "/echo", body=b"y" * (4 << 20)) + req("GET", "/status?code=202"))
+        c._fill()  # the response has started
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sock.close()  # RST
+    pids = debug_app.worker_pids()
+    c = Conn(debug_app.port)
+    try:
+        for i in range(2):
+            c.send(req("POST", "/echo", body=f"after {i}"))
+            assert c.read_response().body == f"after {i}".encode()
+    finally:
+        c.close()
+    assert debug_app.worker_pids() == pids

@@ -50,7 +50,17 @@ final class HTTPConnection: ChannelInboundHandler {
     /// input then waits in the socket, not in srv's memory. Toggled only on those paths,
     /// so an inline response costs nothing extra.
     private var readsPaused = false
-    private var needsFlush = false
+    /// Responses waiting for the next flush (the end of the read that asked for them, or
+    /// the end of an asynchronous response): pipelined answers leave in one send.
+    private var out = OutBuffer(capacity: 2048)
+    /// The socket's descriptor for direct sends (see ChannelSocket); -1 until looked up,
+    /// and for good when the lookup failed.
+    private var socketFD: CInt = -1
+    private var socketLookedUp = false
+    /// Writes handed to NIO and not yet complete. While there are any, flushes go through
+    /// NIO as well, behind them, so that no direct send overtakes a queued write.
+    private var nioWrites = 0
+    private var requests = 0
     private var closeAfterResponse = false
     private var lastActivity = NIODeadline.now()
     private var idleTimer: Scheduled<Void>?
@@ -71,6 +81,7 @@ final class HTTPConnection: ChannelInboundHandler {
 
     deinit {
         parser.deallocate()
+        out.deallocate()
     }
 
     // MARK: - Channel events
@@ -132,10 +143,7 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        flush(context: context)
         context.fireChannelReadComplete()
     }
 
@@ -433,11 +441,11 @@ final class HTTPConnection: ChannelInboundHandler {
                 refusal = (417, "unsupported expectation \"\(String(decoding: expect.prefix(40), as: UTF8.self))\"; srv supports only 100-continue")
                 return false
             }
-            var cont = context.channel.allocator.buffer(capacity: 32)
-            cont.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
-            context.writeAndFlush(wrapOutboundOut(.byteBuffer(cont)), promise: nil)
+            out.append("HTTP/1.1 100 Continue\r\n\r\n")
+            flush(context: context)
         }
 
+        requests += 1
         let slot = worker.acquireSlot()
         slot.isHead = head.isHEAD
         slot.http10 = head.versionMinor == 0
@@ -473,6 +481,8 @@ final class HTTPConnection: ChannelInboundHandler {
         slot.begin()
         phase = .responding
         if let pool = worker.threadPool {
+            // The app may write through NIO from its thread: what is queued goes first.
+            flush(context: context)
             pauseReads(context: context)
             slot.streamingChannel = context.channel
             appRunning = true
@@ -498,12 +508,11 @@ final class HTTPConnection: ChannelInboundHandler {
         if case .closing = phase { worker.releaseSlot(slot); self.slot = nil; return }
         switch slot.finish(rc) {
         case .complete:
-            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
-            needsFlush = true
+            queue(slot.out)
             requestFinished(context: context)
         case .abort:
-            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
-            context.flush()
+            queue(slot.out)
+            flush(context: context)
             phase = .closing
             worker.releaseSlot(slot)
             self.slot = nil
@@ -514,7 +523,7 @@ final class HTTPConnection: ChannelInboundHandler {
             pump(context: context)
         case .file(let fd, let offset, let length):
             pauseReads(context: context)
-            context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
+            queue(slot.out)
             let copy = dup(fd)
             guard copy >= 0 else {
                 worker.log(.error, "cannot dup the file body's fd: \(String(cString: strerror(errno)))")
@@ -525,17 +534,16 @@ final class HTTPConnection: ChannelInboundHandler {
             let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: offset + length)
             let chunked = slot.chunked
             if chunked {
-                var prefix = context.channel.allocator.buffer(capacity: 16)
-                HTTPChars.writeHex(length, into: &prefix)
-                prefix.writeStaticString("\r\n")
-                context.write(wrapOutboundOut(.byteBuffer(prefix)), promise: nil)
+                out.appendHex(length)
+                out.append("\r\n")
             }
+            // The head (and chunk size) leave first, then NIO sends the file with sendfile.
             let promise = context.eventLoop.makePromise(of: Void.self)
-            context.write(wrapOutboundOut(.fileRegion(region)), promise: promise)
+            write(.fileRegion(region), promise: promise, context: context)
             if chunked {
                 var suffix = context.channel.allocator.buffer(capacity: 8)
                 suffix.writeStaticString("\r\n0\r\n\r\n")
-                context.write(wrapOutboundOut(.byteBuffer(suffix)), promise: nil)
+                write(.byteBuffer(suffix), context: context)
             }
             context.flush()
             promise.futureResult.whenComplete { result in
@@ -556,7 +564,7 @@ final class HTTPConnection: ChannelInboundHandler {
                     iterating = false
                     let complete = slot.endBody()
                     slot.closeBody()
-                    context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
+                    write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
                     if !complete {
                         worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\(slot.rule ?? "")' on \(slot.requestLine)")
                         context.flush()
@@ -564,18 +572,17 @@ final class HTTPConnection: ChannelInboundHandler {
                         phase = .closing
                         return
                     }
-                    needsFlush = false
                     context.flush()
                     requestFinished(context: context)
                     return
                 }
                 if slot.out.count >= 16384 {
-                    context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
+                    write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
                     slot.out.clear()
                 }
             }
             if slot.out.count > 0 {
-                context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil)
+                write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
                 slot.out.clear()
             }
             context.flush()
@@ -584,7 +591,7 @@ final class HTTPConnection: ChannelInboundHandler {
             iterating = false
             worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\((error as? AppFailure)?.rule ?? "\(error)")' on \(slot.requestLine); connection aborted")
             slot.closeBody()
-            if slot.out.count > 0 { context.write(wrapOutboundOut(.byteBuffer(slot.out.byteBuffer(context.channel.allocator))), promise: nil) }
+            if slot.out.count > 0 { write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context) }
             context.flush()
             context.close(promise: nil)
             phase = .closing
@@ -606,6 +613,7 @@ final class HTTPConnection: ChannelInboundHandler {
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
             phase = .closing
             pending = nil
+            flush(context: context)
             context.writeAndFlush(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0)))).whenComplete { _ in
                 context.close(promise: nil)
             }
@@ -625,7 +633,7 @@ final class HTTPConnection: ChannelInboundHandler {
             parse(&more, context: context)
         }
         guard takesInput else { return }
-        if needsFlush { needsFlush = false; context.flush() }
+        flush(context: context)
         resumeReads(context: context)
     }
 
@@ -656,13 +664,11 @@ final class HTTPConnection: ChannelInboundHandler {
         if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1) }
         phase = .closing
         pending = nil
-        context.flush()
+        flush(context: context)
         context.close(promise: nil)
     }
 
     private func respondPlain(status: Int, message: String, close: Bool, context: ChannelHandlerContext) {
-        var out = OutBuffer(capacity: 256 + message.utf8.count)
-        defer { out.deallocate() }
         out.append(string: "HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\nServer: srv\r\n")
         worker.dateCache.write(into: &out)
         let body = message + "\n"
@@ -670,8 +676,63 @@ final class HTTPConnection: ChannelInboundHandler {
         if close || closeAfterResponse || worker.isShuttingDown { out.append("Connection: close\r\n") }
         out.append("\r\n")
         if !(head.isComplete && head.isHEAD) { out.append(string: body) }
-        context.write(wrapOutboundOut(.byteBuffer(out.byteBuffer(context.channel.allocator))), promise: nil)
-        needsFlush = true
+    }
+
+    // MARK: - Output
+
+    /// Queues (part of) a response; it leaves at the next flush.
+    private func queue(_ bytes: OutBuffer) {
+        out.append(bytes.base, bytes.count)
+    }
+
+    /// Sends what is queued: straight to the socket with one send(2) when NIO holds
+    /// nothing for it (the usual case), else through NIO behind what it holds. Whatever
+    /// the socket does not take at once (a full send buffer, an error) goes to NIO too,
+    /// which waits for writability, or reports the error and closes the channel.
+    private func flush(context: ChannelHandlerContext) {
+        guard out.count > 0 else { return }
+        var sent = 0
+        // isActive turns false before NIO closes the descriptor (nothing runs in between),
+        // so a descriptor checked here is still this connection's.
+        if nioWrites == 0, let fd = directSocket(context), context.channel.isActive {
+            let n = Glibc.send(fd, out.base, out.count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
+            if n == out.count { out.clear(); return }
+            sent = max(n, 0)
+        }
+        var buffer = context.channel.allocator.buffer(capacity: out.count - sent)
+        buffer.writeBytes(UnsafeRawBufferPointer(start: out.base + sent, count: out.count - sent))
+        out.clear()
+        write(.byteBuffer(buffer), context: context)
+        context.flush()
+    }
+
+    /// A write through NIO (file regions, streamed chunks, what send(2) did not take),
+    /// after whatever is queued ahead of it; the caller flushes. Counted until it
+    /// completes, unless this connection never sends directly.
+    private func write(_ data: IOData, promise: EventLoopPromise<Void>? = nil, context: ChannelHandlerContext) {
+        if out.count > 0 { flush(context: context) }
+        if socketLookedUp && socketFD < 0 {
+            context.write(wrapOutboundOut(data), promise: promise)
+            return
+        }
+        let done = promise ?? context.eventLoop.makePromise(of: Void.self)
+        nioWrites += 1
+        done.futureResult.whenComplete { _ in self.nioWrites -= 1 }
+        context.write(wrapOutboundOut(data), promise: done)
+    }
+
+    /// The descriptor for direct sends, looked up at a connection's second request, so
+    /// that one used once (Connection: close, a client that leaves) never pays for it.
+    private func directSocket(_ context: ChannelHandlerContext) -> CInt? {
+        if socketFD >= 0 { return socketFD }
+        guard !socketLookedUp, requests >= 2 else { return nil }
+        socketLookedUp = true
+        guard let fd = ChannelSocket.descriptor(of: context.channel) else {
+            worker.log(.debug, "cannot find the socket of \(context.channel); its responses go through NIO's write path")
+            return nil
+        }
+        socketFD = fd
+        return fd
     }
 
     // MARK: - Timers and shutdown
