@@ -1,3 +1,4 @@
+import CSrvSystem
 import XCTest
 import Foundation
 @testable import SrvCore
@@ -117,6 +118,28 @@ final class HTTPCharsTests: XCTestCase {
         XCTAssertFalse("a:b".utf8.allSatisfy(HTTPChars.isToken))
         XCTAssertTrue("text/plain; q=1\t".utf8.allSatisfy(HTTPChars.isFieldValue))
         XCTAssertFalse("x\r\nInjected: 1".utf8.allSatisfy(HTTPChars.isFieldValue))
+    }
+
+    /// The response path's copy-and-check of an application's header (C, http_chars.c).
+    func testPutField() {
+        func put(_ name: String, _ value: String) -> String? {
+            var dst = [UInt8](repeating: 0, count: name.utf8.count + value.utf8.count + 4)
+            let n = dst.withUnsafeMutableBufferPointer { d in
+                name.withCString { np in value.withCString { vp in
+                    srv_http_put_field(d.baseAddress!, np, strlen(np), vp, strlen(vp))
+                } }
+            }
+            return n == 0 ? nil : String(decoding: dst.prefix(n), as: UTF8.self)
+        }
+        XCTAssertEqual(put("Content-Type", "text/plain; q=1\t"), "Content-Type: text/plain; q=1\t\r\n")
+        XCTAssertEqual(put("X-Empty", ""), "X-Empty: \r\n")
+        XCTAssertEqual(put("X-Obs", "caf\u{e9}"), "X-Obs: caf\u{e9}\r\n")  // obs-text passes
+        XCTAssertNil(put("", "v"))
+        XCTAssertNil(put("Bad Header", "v"))
+        XCTAssertNil(put("a:b", "v"))
+        XCTAssertNil(put("X-Split", "x\r\nInjected: 1"))
+        XCTAssertNil(put("X-Nul", "a\u{1}b"))
+        XCTAssertNil(put("X-Del", "a\u{7f}"))
     }
 
     func testHopByHop() {

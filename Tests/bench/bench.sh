@@ -24,14 +24,28 @@ echo "== 1b. hello world, $rounds alternating rounds of nginx, kore, nio-floor a
 kdir=$(mktemp -d)/kore; mkdir -p "$kdir"; cp -r "$here/peers/kore/." "$kdir"; (cd "$kdir" && kodev build >/dev/null 2>&1)
 swift build -c release --package-path "$here/nio-floor" >/dev/null 2>&1 || echo "nio-floor did not build; its rows are left out"
 floor="$here/nio-floor/.build/release/nio-floor"
+# CPU time of a process and its descendants (clock ticks), to report CPU per request:
+# unlike req/s it barely moves with the neighbours' load.
+ticks() { # pid
+  local t=0 p
+  for p in $1 $(pgrep -P "$1"); do
+    [ "$p" = "$1" ] || { t=$((t + $(ticks "$p"))); continue; }
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+hz=$(getconf CLK_TCK)
 round() { # name port command...
   local name=$1 port=$2; shift 2
   "$@" >/dev/null 2>&1 & local pid=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local before; before=$(ticks "$pid")
   local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  local after; after=$(ticks "$pid")
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-  echo "$name $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
+  local n; n=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$name $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out") $(( (after - before) * 1000000 / hz )) ${n:-1}"
 }
 rows=$(for r in $(seq "$rounds"); do
   round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
@@ -46,14 +60,16 @@ def ms(v):
     return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
 runs = {}
 for line in sys.argv[1].splitlines():
-    name, rps, p99 = line.split()
-    runs.setdefault(name, []).append((float(rps), ms(p99)))
-med = {n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for n, v in runs.items()}
+    name, rps, p99, cpu_us, n = line.split()
+    runs.setdefault(name, []).append((float(rps), ms(p99), int(cpu_us) / int(n)))
+med = {n: tuple(statistics.median(r[i] for r in v) for i in range(3)) for n, v in runs.items()}
 for n, v in runs.items():
-    print(f"{n:9} req/s " + " ".join(f"{r:9,.0f}" for r, _ in v) + f"   median {med[n][0]:9,.0f}   p99 median {med[n][1]:.2f} ms")
+    print(f"{n:9} req/s " + " ".join(f"{r:9,.0f}" for r, _, _ in v)
+          + f"   median {med[n][0]:9,.0f}   p99 median {med[n][1]:.2f} ms   CPU {med[n][2]:.2f} us/request")
 s = med["srv"]
 for peer in [p for p in ("nginx", "kore", "nio-floor") if p in med]:
-    print(f"srv/{peer}: throughput {s[0] / med[peer][0]:.2f}x, p99 {s[1]:.2f} ms against {med[peer][1]:.2f} ms")
+    print(f"srv/{peer}: throughput {s[0] / med[peer][0]:.2f}x, p99 {s[1]:.2f} ms against {med[peer][1]:.2f} ms,"
+          f" CPU per request {s[2]:.2f} us against {med[peer][2]:.2f} us")
 PY
 
 echo "== 2. 1 MiB file body, wrk -t1 -c$conns -d${secs}s"

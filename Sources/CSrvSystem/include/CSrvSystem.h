@@ -3,8 +3,9 @@
  *  - posix_spawn with listener fds placed at 3.. (the master never fork()s a Swift process);
  *  - libffi closures that turn a request slot's Swift callbacks into the plain C function
  *    pointers the gateway spec hands to applications;
- *  - signalfd, memfd and SHA-256, which Swift's Glibc module does not expose conveniently.
- * Every function is prefixed with the target's name (srv_sys_).
+ *  - signalfd, memfd and SHA-256, which Swift's Glibc module does not expose conveniently;
+ *  - the response path's byte loops (http_chars.h, prefixed srv_http_).
+ * Every other function is prefixed with the target's name (srv_sys_).
  */
 #ifndef CSRVSYSTEM_H
 #define CSRVSYSTEM_H
@@ -13,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "http_chars.h"
 
 /* MARK: - Processes */
 

@@ -33,6 +33,11 @@ struct OutBuffer {
         capacity = newCapacity
     }
 
+    /// Where the next byte goes: write at most what `reserve` made room for, then `advance`.
+    @inline(__always) var end: UnsafeMutableRawPointer { base + count }
+
+    @inline(__always) mutating func advance(_ n: Int) { count += n }
+
     @inline(__always) mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
         reserve(n)
         (base + count).copyMemory(from: p, byteCount: n)

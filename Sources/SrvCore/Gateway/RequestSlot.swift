@@ -69,8 +69,9 @@ final class RequestSlot {
         "\(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self))"
     }
     private static func bytes(_ s: srv_str) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: s.ptr, count: s.len) }
-    /// Scratch space for formatting numbers (request id, CONTENT_LENGTH) before put().
-    private var digits = [UInt8](repeating: 0, count: 24)
+    /// environ's constant strings, copied once per slot: reading a static on every request
+    /// costs a lazy-initialization check each time.
+    private let k = EnvironConstants.shared
 
     init(context: GatewayContext) {
         self.context = context
@@ -123,12 +124,18 @@ final class RequestSlot {
         return srv_str(ptr: start.assumingMemoryBound(to: CChar.self), len: bytes.count)
     }
 
-
-    private static let empty: srv_str = {
-        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
-        p[0] = 0
-        return srv_str(ptr: p, len: 0)
-    }()
+    /// A decimal number into the arena, NUL-terminated (20 digits at most).
+    private func putDecimal(_ value: UInt64) -> srv_str {
+        let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
+        var n = 0, v = value
+        repeat { n += 1; v /= 10 } while v > 0
+        v = value
+        var i = n
+        repeat { i -= 1; start[i] = UInt8(truncatingIfNeeded: 48 + v % 10); v /= 10 } while v > 0
+        start[n] = 0
+        arenaUsed += n + 1
+        return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
+    }
 
     /// Fills environ for `head` and routes it. Returns nil when no mount matches, or
     /// throws a client error for a malformed target.
@@ -161,7 +168,7 @@ final class RequestSlot {
             path = UnsafeRawBufferPointer(rebasing: path[..<q])
         }
         if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
-        e.query_string = query.count == 0 ? Self.empty : put(query)
+        e.query_string = query.count == 0 ? k.empty : put(query)
         let decoded = try percentDecode(path)
         guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return nil }
         self.app = app
@@ -171,8 +178,8 @@ final class RequestSlot {
 
         let strings = connection.c
         var count = 0
-        e.content_type = Self.empty
-        e.content_length = Self.empty
+        e.content_type = k.empty
+        e.content_length = k.empty
         var host: srv_str?
         for i in 0..<head.fieldCount {
             let name = head.name(i)
@@ -202,22 +209,21 @@ final class RequestSlot {
             e.server_name = strings.serverName
         }
         e.server_port = strings.serverPort
-        e.server_protocol = http10 ? Self.http10 : Self.http11
+        e.server_protocol = http10 ? k.http10 : k.http11
         e.remote_addr = strings.remoteAddress
         e.remote_port = strings.remotePort
-        e.url_scheme = strings.isHTTPS ? Self.https : Self.http
+        e.url_scheme = strings.isHTTPS ? k.https : k.http
         self.connection = connection
         e.input = input
         e.errors = errors
         e.multithread = context.multithread ? 1 : 0
         e.multiprocess = context.multiprocess ? 1 : 0
         e.run_once = 0
-        let idLength = Self.formatDecimal(requestID, into: &digits)
-        extensions[0] = srv_header(name: Self.keyVersion, value: context.versionString.str)
-        extensions[1] = srv_header(name: Self.keyRequestID, value: digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<idLength])) })
-        extensions[2] = srv_header(name: Self.keyWorkerPID, value: context.workerPID.str)
-        extensions[3] = srv_header(name: Self.keyGeneration, value: context.generation.str)
-        extensions[4] = srv_header(name: Self.keyAppHash, value: app.appHash.str)
+        extensions[0] = srv_header(name: k.keyVersion, value: context.versionString.str)
+        extensions[1] = srv_header(name: k.keyRequestID, value: putDecimal(requestID))
+        extensions[2] = srv_header(name: k.keyWorkerPID, value: context.workerPID.str)
+        extensions[3] = srv_header(name: k.keyGeneration, value: context.generation.str)
+        extensions[4] = srv_header(name: k.keyAppHash, value: app.appHash.str)
         e.extensions = UnsafePointer(extensions)
         e.extension_count = 5
         environ.pointee = e
@@ -229,9 +235,8 @@ final class RequestSlot {
         let length = requestBody.length
         input.pointee.length = Int64(length)
         if length > 0 {
-            let n = Self.formatDecimal(UInt64(length), into: &digits)
             // The arena was sized with room to spare for this.
-            environ.pointee.content_length = digits.withUnsafeBytes { put(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            environ.pointee.content_length = putDecimal(UInt64(length))
         }
         readOffset = 0
     }
@@ -298,14 +303,19 @@ final class RequestSlot {
         out.append(s)
         out.append("\r\n")
         appContentLength = nil
+        if count > 0 && headers == nil { breakRule("invalid header (NULL pointer)"); return nil }
         for i in 0..<count {
-            guard let h = headers?[i], let np = h.name.ptr, let vp = h.value.ptr else {
+            let h = headers![i]
+            guard let np = h.name.ptr, let vp = h.value.ptr else {
                 breakRule("invalid header (NULL pointer)")
                 return nil
             }
             let name = UnsafeRawBufferPointer(start: np, count: h.name.len)
             let value = UnsafeRawBufferPointer(start: vp, count: h.value.len)
-            guard HTTPChars.isToken(name), HTTPChars.isFieldValue(value) else {
+            // Copied and checked in one pass; committed below unless dropped.
+            out.reserve(name.count + value.count + 4)
+            let written = srv_http_put_field(out.end.assumingMemoryBound(to: UInt8.self), np, name.count, vp, value.count)
+            guard written > 0 else {
                 breakRule("invalid header \"\(String(decoding: name.prefix(64), as: UTF8.self))\" (a name must be a token; a value must not contain CR, LF or other control characters)")
                 return nil
             }
@@ -320,10 +330,7 @@ final class RequestSlot {
                 }
                 appContentLength = n
             }
-            out.append(name)
-            out.append(": ")
-            out.append(value)
-            out.append("\r\n")
+            out.advance(written)
         }
         self.status = code
         state = .started
@@ -436,7 +443,7 @@ final class RequestSlot {
     /// Readies the slot for calling the app.
     func begin() {
         state = .awaitingStart
-        rule = nil
+        if rule != nil { rule = nil }
         status = 0
         bodyBytes = 0
         chunked = false
@@ -459,7 +466,7 @@ final class RequestSlot {
 
     /// Turns what the app returned into a response.
     func finish(_ rc: Int32) -> Outcome {
-        let name = app?.plugin.name ?? "?"
+        var name: String { app?.plugin.name ?? "?" }
         if rc != SRV_OK { breakRule("app returned SRV_ERROR") }
         if state == .awaitingStart { breakRule("start_response not called") }
         // After a write the head and body bytes count as sent (GATEWAY.md "committed").
@@ -577,16 +584,6 @@ final class RequestSlot {
 
     // MARK: - Small helpers
 
-    private static let http10 = permanentString("HTTP/1.0")
-    private static let http11 = permanentString("HTTP/1.1")
-    private static let http = permanentString("http")
-    private static let https = permanentString("https")
-    private static let keyVersion = permanentString("srv.version")
-    private static let keyRequestID = permanentString("srv.request_id")
-    private static let keyWorkerPID = permanentString("srv.worker_pid")
-    private static let keyGeneration = permanentString("srv.generation")
-    private static let keyAppHash = permanentString("srv.app_hash")
-
     @inline(__always) static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
 
     static func hex(_ c: UInt8) -> UInt8? {
@@ -596,17 +593,6 @@ final class RequestSlot {
         case 97...102: return c - 87
         default: return nil
         }
-    }
-
-    static func formatDecimal(_ value: UInt64, into buffer: inout [UInt8]) -> Int {
-        var n = 0, v = value
-        repeat { n += 1; v /= 10 } while v > 0
-        v = value
-        buffer.withUnsafeMutableBufferPointer { b in
-            var i = n
-            repeat { i -= 1; b[i] = UInt8(48 + v % 10); v /= 10 } while v > 0
-        }
-        return n
     }
 
     static func absoluteFormPath(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
@@ -630,6 +616,21 @@ enum ClientError: Error {
     var status: (Int, String) {
         switch self { case .badRequest(let m): return (400, m) }
     }
+}
+
+/// environ's constant values, made once for the process.
+struct EnvironConstants {
+    let empty = permanentString("")
+    let http10 = permanentString("HTTP/1.0")
+    let http11 = permanentString("HTTP/1.1")
+    let http = permanentString("http")
+    let https = permanentString("https")
+    let keyVersion = permanentString("srv.version")
+    let keyRequestID = permanentString("srv.request_id")
+    let keyWorkerPID = permanentString("srv.worker_pid")
+    let keyGeneration = permanentString("srv.generation")
+    let keyAppHash = permanentString("srv.app_hash")
+    static let shared = EnvironConstants()
 }
 
 /// A string that lives for the whole process (environ's constant values).

@@ -1,26 +1,10 @@
+import CSrvSystem
 import NIOCore
 
-/// Byte-level HTTP grammar used on the hot path (RFC 9110 tokens and field values).
+/// Byte-level HTTP grammar used on the hot path (RFC 9110 tokens and field values). The
+/// token table is C's (http_chars.c), where the response path copies and checks fields.
 enum HTTPChars {
-    private static let tokenTable: UnsafePointer<Bool> = {
-        let t = UnsafeMutablePointer<Bool>.allocate(capacity: 256)
-        t.initialize(repeating: false, count: 256)
-        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-        return UnsafePointer(t)
-    }()
-
-    @inline(__always) static func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
-
-    /// True when every byte is a token character (and there is at least one).
-    @inline(__always) static func isToken(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard let p = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count > 0 else { return false }
-        let table = tokenTable
-        for i in 0..<bytes.count where !table[Int(p[i])] { return false }
-        return true
-    }
+    static func isToken(_ c: UInt8) -> Bool { srv_http_is_tchar(c) != 0 }
 
     /// True when no byte is a control character other than tab.
     @inline(__always) static func isFieldValue(_ bytes: UnsafeRawBufferPointer) -> Bool {

@@ -248,7 +248,7 @@ final class HTTPConnection: ChannelInboundHandler {
 
     private func messageBegin() -> Int32 {
         head.reset()
-        refusal = nil
+        if refusal != nil { refusal = nil }
         lastActivity = .now()
         if worker.accessLog != nil { clock_gettime(CLOCK_REALTIME, &requestStart) }
         return 0

@@ -1,0 +1,19 @@
+#ifndef SRV_HTTP_CHARS_H
+#define SRV_HTTP_CHARS_H
+
+/* Byte-level HTTP grammar for the response path, in C so that the per-byte loops compile
+ * to tight code with no Swift bounds or lazy-global checks. */
+
+#include <stddef.h>
+
+/* 1 when c may appear in an RFC 9110 token (a header name), else 0. */
+int srv_http_is_tchar(unsigned char c);
+
+/* Writes "name: value\r\n" at dst, which has room for nlen + vlen + 4 bytes, checking
+ * while it copies. Returns the bytes written, or 0 when the name is empty or not a token,
+ * or the value holds a control character other than tab (CR, LF, NUL, DEL...): dst then
+ * holds a partial copy, which the caller does not count. */
+size_t srv_http_put_field(unsigned char *restrict dst, const char *restrict name, size_t nlen,
+                          const char *restrict value, size_t vlen);
+
+#endif
