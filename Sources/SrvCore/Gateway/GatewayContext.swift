@@ -32,15 +32,20 @@ public final class GatewayContext {
     }
 }
 
-/// The Date header, formatted once a second rather than per response.
+/// The Date header, formatted once a second rather than per response. Without --threads
+/// only the event loop touches it and it takes no lock; with --threads the pool threads
+/// read it too, under a lock.
 public final class DateCache {
-    private var line: ByteBuffer
-    private var second: Int = -1
-    private let lock = NSLockish()
+    private let line = UnsafeMutablePointer<CChar>.allocate(capacity: 64)
+    private var length = 0
+    private var second = -1
+    private let lock: NSLockish?
 
-    public init() {
-        line = ByteBufferAllocator().buffer(capacity: 40)
-        refresh()
+    public init(threadSafe: Bool) {
+        lock = threadSafe ? NSLockish() : nil
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME_COARSE, &now)
+        refresh(now.tv_sec)
     }
 
     /// Appends "Date: ...\r\n".
@@ -48,22 +53,24 @@ public final class DateCache {
     func write(into out: inout OutBuffer) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME_COARSE, &now)
-        if now.tv_sec != second { refresh() }
-        lock.run { line.withUnsafeReadableBytes { out.append($0) } }
-    }
-
-    private func refresh() {
-        var now = time(nil)
-        var tm = tm()
-        gmtime_r(&now, &tm)
-        var buffer = [CChar](repeating: 0, count: 64)
-        let n = strftime(&buffer, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm)
-        var fresh = ByteBufferAllocator().buffer(capacity: n)
-        _ = buffer.withUnsafeBytes { fresh.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-        lock.run {
-            line = fresh
-            second = now
+        if let lock = lock {
+            lock.run { append(now.tv_sec, into: &out) }
+        } else {
+            append(now.tv_sec, into: &out)
         }
     }
 
+    @inline(__always)
+    private func append(_ second: Int, into out: inout OutBuffer) {
+        if second != self.second { refresh(second) }
+        out.append(line, length)
+    }
+
+    private func refresh(_ second: Int) {
+        var t = time_t(second)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        length = strftime(line, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm)
+        self.second = second
+    }
 }

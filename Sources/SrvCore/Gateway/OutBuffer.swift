@@ -19,6 +19,19 @@ struct OutBuffer {
 
     @inline(__always) mutating func clear() { count = 0 }
 
+    /// Empties the buffer and, after a large response, gives the memory back: a buffer that
+    /// lives as long as a connection or a pooled slot keeps at most `limit` bytes.
+    @inline(__always) mutating func reset(keeping limit: Int = 64 * 1024) {
+        count = 0
+        if capacity > limit { release(to: 4096) }
+    }
+
+    private mutating func release(to small: Int) {
+        base.deallocate()
+        base = .allocate(byteCount: small, alignment: 16)
+        capacity = small
+    }
+
     @inline(__always) mutating func reserve(_ n: Int) {
         if count + n > capacity { grow(count + n) }
     }

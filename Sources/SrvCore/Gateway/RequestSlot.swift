@@ -577,6 +577,7 @@ final class RequestSlot {
     func release() {
         closeBody()
         requestBody.release()
+        out.reset()
         state = .idle
         app = nil
         connection = nil

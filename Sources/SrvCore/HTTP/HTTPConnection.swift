@@ -680,37 +680,53 @@ final class HTTPConnection: ChannelInboundHandler {
 
     // MARK: - Output
 
-    /// Queues (part of) a response; it leaves at the next flush.
+    /// Queues (part of) a response; it leaves at the next flush. A large one leaves at once,
+    /// from where it was built, rather than being copied.
     private func queue(_ bytes: OutBuffer) {
-        out.append(bytes.base, bytes.count)
+        if out.count == 0 && bytes.count > Self.copyLimit, let context = context {
+            transmit(bytes.base, bytes.count, context: context)
+        } else {
+            out.append(bytes.base, bytes.count)
+        }
     }
+    private static let copyLimit = 64 * 1024
 
-    /// Sends what is queued: straight to the socket with one send(2) when NIO holds
-    /// nothing for it (the usual case), else through NIO behind what it holds. Whatever
-    /// the socket does not take at once (a full send buffer, an error) goes to NIO too,
-    /// which waits for writability, or reports the error and closes the channel.
+    /// Sends what is queued (see `transmit`).
     private func flush(context: ChannelHandlerContext) {
         guard out.count > 0 else { return }
+        transmit(out.base, out.count, context: context)
+        out.reset()
+    }
+
+    /// Sends bytes straight to the socket with one send(2) when NIO holds nothing for it
+    /// (the usual case), else through NIO behind what it holds. Whatever the socket does not
+    /// take at once (a full send buffer, an error) goes to NIO too, which waits for
+    /// writability, or reports the error and closes the channel.
+    private func transmit(_ bytes: UnsafeRawPointer, _ count: Int, context: ChannelHandlerContext) {
         var sent = 0
         // isActive turns false before NIO closes the descriptor (nothing runs in between),
         // so a descriptor checked here is still this connection's.
         if nioWrites == 0, let fd = directSocket(context), context.channel.isActive {
-            let n = Glibc.send(fd, out.base, out.count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
-            if n == out.count { out.clear(); return }
+            let n = Glibc.send(fd, bytes, count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
+            if n == count { return }
             sent = max(n, 0)
         }
-        var buffer = context.channel.allocator.buffer(capacity: out.count - sent)
-        buffer.writeBytes(UnsafeRawBufferPointer(start: out.base + sent, count: out.count - sent))
-        out.clear()
-        write(.byteBuffer(buffer), context: context)
+        var buffer = context.channel.allocator.buffer(capacity: count - sent)
+        buffer.writeBytes(UnsafeRawBufferPointer(start: bytes + sent, count: count - sent))
+        nioWrite(.byteBuffer(buffer), promise: nil, context: context)
         context.flush()
     }
 
-    /// A write through NIO (file regions, streamed chunks, what send(2) did not take),
-    /// after whatever is queued ahead of it; the caller flushes. Counted until it
-    /// completes, unless this connection never sends directly.
+    /// A write through NIO (file regions, streamed chunks) after whatever is queued ahead
+    /// of it; the caller flushes.
     private func write(_ data: IOData, promise: EventLoopPromise<Void>? = nil, context: ChannelHandlerContext) {
-        if out.count > 0 { flush(context: context) }
+        flush(context: context)
+        nioWrite(data, promise: promise, context: context)
+    }
+
+    /// Hands `data` to NIO, counted until it completes (unless this connection never sends
+    /// directly), so that no direct send overtakes it.
+    private func nioWrite(_ data: IOData, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         if socketLookedUp && socketFD < 0 {
             context.write(wrapOutboundOut(data), promise: promise)
             return

@@ -16,7 +16,7 @@ public final class WorkerServer {
     let logger: Logger
     let scoreboard: Scoreboard?
     let accessLog: AccessLog?
-    let dateCache = DateCache()
+    let dateCache: DateCache
     let gateway: GatewayContext
     let threadPool: NIOThreadPool?
     public let group: MultiThreadedEventLoopGroup
@@ -43,6 +43,7 @@ public final class WorkerServer {
         self.scoreboard = scoreboard
         self.accessLog = accessLog
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.dateCache = DateCache(threadSafe: settings.threads > 0)
         self.drained = group.next().makePromise(of: Void.self)
         if settings.threads > 0 {
             let pool = NIOThreadPool(numberOfThreads: settings.threads)
