@@ -4,6 +4,7 @@
 #include "CSrvSystem.h"
 
 #include <ffi.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,4 +85,36 @@ int srv_sys_closures_create(const srv_sys_request_callbacks *callbacks,
     out->error = (void (*)(const char *, size_t))code;
     out->state = s;
     return 0;
+}
+
+/* Inline mode (no --threads): a worker runs one application call at a time, on its event
+ * loop. start_response and write are valid only during that call (the spec's lifetime for
+ * them), so two plain functions that find the request through one pointer, set around the
+ * call, do what the closures do, without libffi's trampolines (a quarter of srv's own
+ * instructions for a hello-world request). Any thread the app hands them to sees the
+ * pointer: it is published before the call and withdrawn after it. input.read and
+ * errors.write live until the body's close, past the call, and stay closures. */
+static closure_state *_Atomic inline_current;
+
+static int inline_write(const void *data, size_t len) {
+    closure_state *s = atomic_load_explicit(&inline_current, memory_order_acquire);
+    if (s == NULL) return SRV_ERROR; /* called after srv_gateway_app returned */
+    return s->callbacks.write(s->callbacks.context, data, len);
+}
+
+static srv_write_fn inline_start_response(const char *status, const srv_header *headers,
+                                          size_t header_count, const srv_exc_info *exc_info) {
+    closure_state *s = atomic_load_explicit(&inline_current, memory_order_acquire);
+    if (s == NULL) return NULL;
+    srv_write_fn w = s->callbacks.start_response(s->callbacks.context, status, headers,
+                                                 header_count, exc_info);
+    return w == NULL ? NULL : inline_write;
+}
+
+int srv_sys_call_inline(srv_app_fn app, const srv_sys_request_closures *closures,
+                        const srv_environ *environ, srv_body *body) {
+    atomic_store_explicit(&inline_current, (closure_state *)closures->state, memory_order_release);
+    int rc = app(environ, inline_start_response, body);
+    atomic_store_explicit(&inline_current, NULL, memory_order_release);
+    return rc;
 }

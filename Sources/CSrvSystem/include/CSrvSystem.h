@@ -80,4 +80,13 @@ typedef struct srv_sys_request_closures {
 int srv_sys_closures_create(const srv_sys_request_callbacks *callbacks,
                             srv_sys_request_closures *out);
 
+/**
+ * Calls `app` for the slot of `closures` the way a worker without --threads does: one call
+ * at a time per process. start_response and write are then plain functions that reach the
+ * slot's callbacks for the duration of the call (and refuse after it); input.read and
+ * errors.write are the closures, as always. Returns what the app returned.
+ */
+int srv_sys_call_inline(srv_app_fn app, const srv_sys_request_closures *closures,
+                        const srv_environ *environ, srv_body *body);
+
 #endif

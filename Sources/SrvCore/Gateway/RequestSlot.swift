@@ -461,7 +461,10 @@ final class RequestSlot {
     /// Calls the application.
     @inline(__always)
     func call() -> Int32 {
-        app!.plugin.app(environ, closures.start_response, body)
+        // Without --threads one call runs at a time: start_response and write need no
+        // closure then (see srv_sys_call_inline).
+        if !context.multithread { return srv_sys_call_inline(app!.plugin.app, &closures, environ, body) }
+        return app!.plugin.app(environ, closures.start_response, body)
     }
 
     /// Turns what the app returned into a response.
