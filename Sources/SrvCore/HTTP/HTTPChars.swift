@@ -1,5 +1,4 @@
 import CSrvSystem
-import NIOCore
 
 /// Byte-level HTTP grammar used on the hot path (RFC 9110 tokens and field values). The
 /// token table is C's (http_chars.c), where the response path copies and checks fields.
@@ -52,15 +51,5 @@ enum HTTPChars {
     static func parseDecimal(_ s: String) -> Int? {
         var s = s
         return s.withUTF8 { parseDecimal(UnsafeRawBufferPointer($0)) }
-    }
-
-    static func writeHex(_ value: Int, into out: inout ByteBuffer) {
-        let digits: StaticString = "0123456789abcdef"
-        var shift = 60
-        while shift > 0 && (value >> shift) & 0xf == 0 { shift -= 4 }
-        while shift >= 0 {
-            out.writeInteger(digits.utf8Start[(value >> shift) & 0xf])
-            shift -= 4
-        }
     }
 }

@@ -508,10 +508,10 @@ final class HTTPConnection: ChannelInboundHandler {
         if case .closing = phase { worker.releaseSlot(slot); self.slot = nil; return }
         switch slot.finish(rc) {
         case .complete:
-            queue(slot.out)
+            queue(slot.out, context: context)
             requestFinished(context: context)
         case .abort:
-            queue(slot.out)
+            queue(slot.out, context: context)
             flush(context: context)
             phase = .closing
             worker.releaseSlot(slot)
@@ -523,7 +523,7 @@ final class HTTPConnection: ChannelInboundHandler {
             pump(context: context)
         case .file(let fd, let offset, let length):
             pauseReads(context: context)
-            queue(slot.out)
+            queue(slot.out, context: context)
             let copy = dup(fd)
             guard copy >= 0 else {
                 worker.log(.error, "cannot dup the file body's fd: \(String(cString: strerror(errno)))")
@@ -564,7 +564,7 @@ final class HTTPConnection: ChannelInboundHandler {
                     iterating = false
                     let complete = slot.endBody()
                     slot.closeBody()
-                    write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
+                    writeStreamed(slot, context: context)
                     if !complete {
                         worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\(slot.rule ?? "")' on \(slot.requestLine)")
                         context.flush()
@@ -576,26 +576,27 @@ final class HTTPConnection: ChannelInboundHandler {
                     requestFinished(context: context)
                     return
                 }
-                if slot.out.count >= 16384 {
-                    write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
-                    slot.out.clear()
-                }
+                if slot.out.count >= 16384 { writeStreamed(slot, context: context) }
             }
-            if slot.out.count > 0 {
-                write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
-                slot.out.clear()
-            }
+            writeStreamed(slot, context: context)
             context.flush()
         } catch {
             // The head is gone already: all srv can do is cut the connection.
             iterating = false
             worker.log(.error, "app \(slot.app?.plugin.name ?? "?") broke rule '\((error as? AppFailure)?.rule ?? "\(error)")' on \(slot.requestLine); connection aborted")
             slot.closeBody()
-            if slot.out.count > 0 { write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context) }
+            writeStreamed(slot, context: context)
             context.flush()
             context.close(promise: nil)
             phase = .closing
         }
+    }
+
+    /// Hands what the iterator produced so far to NIO, whose writability paces the pump.
+    private func writeStreamed(_ slot: RequestSlot, context: ChannelHandlerContext) {
+        guard slot.out.count > 0 else { return }
+        write(.byteBuffer(slot.out.byteBuffer(context.channel.allocator)), context: context)
+        slot.out.clear()
     }
 
     /// Logs the request, recycles the slot and moves on to the next pipelined request.
@@ -682,8 +683,8 @@ final class HTTPConnection: ChannelInboundHandler {
 
     /// Queues (part of) a response; it leaves at the next flush. A large one leaves at once,
     /// from where it was built, rather than being copied.
-    private func queue(_ bytes: OutBuffer) {
-        if out.count == 0 && bytes.count > Self.copyLimit, let context = context {
+    private func queue(_ bytes: OutBuffer, context: ChannelHandlerContext) {
+        if out.count == 0 && bytes.count > Self.copyLimit {
             transmit(bytes.base, bytes.count, context: context)
         } else {
             out.append(bytes.base, bytes.count)
