@@ -705,8 +705,9 @@ final class HTTPConnection: ChannelInboundHandler {
     /// writability, or reports the error and closes the channel.
     private func transmit(_ bytes: UnsafeRawPointer, _ count: Int, context: ChannelHandlerContext) {
         var sent = 0
-        // isActive turns false before NIO closes the descriptor (nothing runs in between),
-        // so a descriptor checked here is still this connection's.
+        // NIO closes the descriptor and turns isActive false in one step of the event loop
+        // (close0 calls out to no handler in between), so while isActive is true here the
+        // descriptor is still this connection's, never a number reused by another one.
         if nioWrites == 0, let fd = directSocket(context), context.channel.isActive {
             let n = Glibc.send(fd, bytes, count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
             if n == count { return }
