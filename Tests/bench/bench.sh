@@ -27,12 +27,10 @@ floor="$here/nio-floor/.build/release/nio-floor"
 # CPU time of a process and its descendants (clock ticks), to report CPU per request:
 # unlike req/s it barely moves with the neighbours' load.
 ticks() { # pid
-  local t=0 p
-  for p in $1 $(pgrep -P "$1"); do
-    [ "$p" = "$1" ] || { t=$((t + $(ticks "$p"))); continue; }
-    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
+  local t c
+  t=$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0)
+  for c in $(pgrep -P "$1"); do t=$((t + $(ticks "$c"))); done
+  echo "${t:-0}"
 }
 hz=$(getconf CLK_TCK)
 round() { # name port command...

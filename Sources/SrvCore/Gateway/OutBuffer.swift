@@ -20,16 +20,14 @@ struct OutBuffer {
     @inline(__always) mutating func clear() { count = 0 }
 
     /// Empties the buffer and, after a large response, gives the memory back: a buffer that
-    /// lives as long as a connection or a pooled slot keeps at most `limit` bytes.
-    @inline(__always) mutating func reset(keeping limit: Int = 64 * 1024) {
+    /// lives as long as a connection or a pooled slot keeps at most 64 KiB.
+    @inline(__always) mutating func reset() {
         count = 0
-        if capacity > limit { release(to: 4096) }
-    }
-
-    private mutating func release(to small: Int) {
-        base.deallocate()
-        base = .allocate(byteCount: small, alignment: 16)
-        capacity = small
+        if capacity > 64 * 1024 {
+            base.deallocate()
+            capacity = 4096
+            base = .allocate(byteCount: capacity, alignment: 16)
+        }
     }
 
     @inline(__always) mutating func reserve(_ n: Int) {
@@ -72,13 +70,18 @@ struct OutBuffer {
 
     mutating func appendDecimal(_ value: Int) {
         reserve(20)
+        count += Self.writeDecimal(UInt64(value), to: end.assumingMemoryBound(to: UInt8.self))
+    }
+
+    /// Writes `value` in decimal at `p` (room for 20 digits); returns the digits written.
+    @inline(__always)
+    static func writeDecimal(_ value: UInt64, to p: UnsafeMutablePointer<UInt8>) -> Int {
         var n = 1, v = value
         while v >= 10 { v /= 10; n += 1 }
         v = value
         var i = n
-        let p = (base + count).assumingMemoryBound(to: UInt8.self)
-        repeat { i -= 1; p[i] = UInt8(48 + v % 10); v /= 10 } while v > 0
-        count += n
+        repeat { i -= 1; p[i] = UInt8(truncatingIfNeeded: 48 + v % 10); v /= 10 } while v > 0
+        return n
     }
 
     mutating func appendHex(_ value: Int) {

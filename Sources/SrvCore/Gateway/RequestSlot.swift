@@ -127,11 +127,7 @@ final class RequestSlot {
     /// A decimal number into the arena, NUL-terminated (20 digits at most).
     private func putDecimal(_ value: UInt64) -> srv_str {
         let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
-        var n = 0, v = value
-        repeat { n += 1; v /= 10 } while v > 0
-        v = value
-        var i = n
-        repeat { i -= 1; start[i] = UInt8(truncatingIfNeeded: 48 + v % 10); v /= 10 } while v > 0
+        let n = OutBuffer.writeDecimal(value, to: start)
         start[n] = 0
         arenaUsed += n + 1
         return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)

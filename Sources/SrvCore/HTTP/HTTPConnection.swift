@@ -53,10 +53,9 @@ final class HTTPConnection: ChannelInboundHandler {
     /// Responses waiting for the next flush (the end of the read that asked for them, or
     /// the end of an asynchronous response): pipelined answers leave in one send.
     private var out = OutBuffer(capacity: 2048)
-    /// The socket's descriptor for direct sends (see ChannelSocket); -1 until looked up,
-    /// and for good when the lookup failed.
-    private var socketFD: CInt = -1
-    private var socketLookedUp = false
+    /// The socket's descriptor for direct sends (see ChannelSocket).
+    private enum DirectSocket { case notLookedUp, found(CInt), unavailable }
+    private var socketState = DirectSocket.notLookedUp
     /// Writes handed to NIO and not yet complete. While there are any, flushes go through
     /// NIO as well, behind them, so that no direct send overtakes a queued write.
     private var nioWrites = 0
@@ -729,7 +728,7 @@ final class HTTPConnection: ChannelInboundHandler {
     /// Hands `data` to NIO, counted until it completes (unless this connection never sends
     /// directly), so that no direct send overtakes it.
     private func nioWrite(_ data: IOData, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
-        if socketLookedUp && socketFD < 0 {
+        if case .unavailable = socketState {
             context.write(wrapOutboundOut(data), promise: promise)
             return
         }
@@ -742,15 +741,19 @@ final class HTTPConnection: ChannelInboundHandler {
     /// The descriptor for direct sends, looked up at a connection's second request, so
     /// that one used once (Connection: close, a client that leaves) never pays for it.
     private func directSocket(_ context: ChannelHandlerContext) -> CInt? {
-        if socketFD >= 0 { return socketFD }
-        guard !socketLookedUp, requests >= 2 else { return nil }
-        socketLookedUp = true
-        guard let fd = ChannelSocket.descriptor(of: context.channel) else {
-            worker.log(.debug, "cannot find the socket of \(context.channel); its responses go through NIO's write path")
-            return nil
+        switch socketState {
+        case .found(let fd): return fd
+        case .unavailable: return nil
+        case .notLookedUp:
+            guard requests >= 2 else { return nil }
+            guard let fd = ChannelSocket.descriptor(of: context.channel) else {
+                worker.log(.debug, "cannot find the socket of \(context.channel); its responses go through NIO's write path")
+                socketState = .unavailable
+                return nil
+            }
+            socketState = .found(fd)
+            return fd
         }
-        socketFD = fd
-        return fd
     }
 
     // MARK: - Timers and shutdown
