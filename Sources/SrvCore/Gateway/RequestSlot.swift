@@ -39,13 +39,16 @@ final class RequestSlot {
     private var closures = srv_sys_request_closures()
 
     // MARK: Per-request state
+    /// The app of the current request. Like `connection`, it stays set after the request
+    /// (a pooled slot keeps one reference) and is replaced only when a request routes
+    /// elsewhere: storing the same reference again would cost two atomic operations.
     private(set) var app: MountedApp?
     /// Set while the app runs on a --threads pool thread: write() then sends what has
     /// gathered past `streamThreshold` and waits until the socket took it (back-pressure),
     /// instead of holding a large written body in memory.
     var streamingChannel: Channel?
     static let streamThreshold = 64 * 1024
-    /// Keeps the connection's strings (which environ points at) alive until release.
+    /// Keeps the connection's strings (which environ points at) alive while they are used.
     private var connection: ConnectionInfo?
     var requestBody: RequestBody
     private var readOffset = 0
@@ -72,9 +75,12 @@ final class RequestSlot {
     /// environ's constant strings, copied once per slot: reading a static on every request
     /// costs a lazy-initialization check each time.
     private let k = EnvironConstants.shared
+    /// The worker's, held here so that a response need not reach it through `context`.
+    private let dateCache: DateCache
 
     init(context: GatewayContext) {
         self.context = context
+        dateCache = context.dateCache
         headers = .allocate(capacity: headerCapacity)
         arena = .allocate(byteCount: arenaCapacity, alignment: 8)
         requestBody = RequestBody(memoryLimit: context.bodyMemoryLimit, spoolDirectory: context.spoolDirectory)
@@ -133,9 +139,9 @@ final class RequestSlot {
         return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
     }
 
-    /// Fills environ for `head` and routes it. Returns nil when no mount matches, or
-    /// throws a client error for a malformed target.
-    func prepare(head: RequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> MountedApp? {
+    /// Fills environ for `head` and routes it (to `app`). Returns false when no mount
+    /// matches, or throws a client error for a malformed target.
+    func prepare(head: RequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> Bool {
         let raw = head.target
         // Room for every string we copy, each with its NUL: the target twice (raw, then query
         // and decoded path), the names and values and SERVER_NAME from Host (head.size twice
@@ -166,8 +172,8 @@ final class RequestSlot {
         if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
         e.query_string = query.count == 0 ? k.empty : put(query)
         let decoded = try percentDecode(path)
-        guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return nil }
-        self.app = app
+        guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return false }
+        if self.app !== app { self.app = app }
         let m = app.scriptName.count
         e.script_name = app.scriptName.str
         e.path_info = srv_str(ptr: decoded.ptr! + m, len: decoded.len - m)
@@ -209,7 +215,7 @@ final class RequestSlot {
         e.remote_addr = strings.remoteAddress
         e.remote_port = strings.remotePort
         e.url_scheme = strings.isHTTPS ? k.https : k.http
-        self.connection = connection
+        if self.connection !== connection { self.connection = connection }
         e.input = input
         e.errors = errors
         e.multithread = context.multithread ? 1 : 0
@@ -223,7 +229,7 @@ final class RequestSlot {
         e.extensions = UnsafePointer(extensions)
         e.extension_count = 5
         environ.pointee = e
-        return app
+        return true
     }
 
     /// Sets CONTENT_LENGTH and wsgi.input once the body has been read completely.
@@ -377,7 +383,7 @@ final class RequestSlot {
     /// Ends the head: srv's own headers, then the framing the body needs.
     private func finalizeHead(contentLength: Int?) {
         out.append("Server: srv\r\n")
-        context.dateCache.write(into: &out)
+        dateCache.write(into: &out)
         bodyless = status < 200 || status == 204 || status == 304
         chunked = false
         if bodyless {
@@ -578,8 +584,6 @@ final class RequestSlot {
         requestBody.release()
         out.reset()
         state = .idle
-        app = nil
-        connection = nil
     }
 
     // MARK: - Small helpers

@@ -32,6 +32,10 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     let worker: WorkerServer
+    /// The channel, for the liveness check before each direct send (`context.channel`
+    /// costs two atomic reference-count operations more). The pipeline drops this handler
+    /// when the channel closes, which ends the reference cycle.
+    private let channel: Channel
     private var info: ConnectionInfo!
     private var phase = Phase.idle
     private var slot: RequestSlot?
@@ -39,8 +43,10 @@ final class HTTPConnection: ChannelInboundHandler {
     private let parser = UnsafeMutablePointer<llhttp_t>.allocate(capacity: 1)
     /// Input that arrived while a response was in progress, parsed when it is done.
     private var pending: ByteBuffer?
-    /// The buffer llhttp is parsing, so that body callbacks can slice it without copying.
-    private var input: ByteBuffer?
+    /// The buffer llhttp is parsing (the caller's, valid during `c_nio_llhttp_execute`), so
+    /// that body callbacks can slice it without copying. A pointer, not a copy: a copy
+    /// would retain and release the buffer's storage on every read.
+    private var input: UnsafeMutablePointer<ByteBuffer>?
     private var parsing = false
     /// Why a parser callback stopped the parser: srv's answer to the request.
     private var refusal: (status: Int, message: String)?
@@ -61,7 +67,8 @@ final class HTTPConnection: ChannelInboundHandler {
     private var nioWrites = 0
     private var requests = 0
     private var closeAfterResponse = false
-    private var lastActivity = NIODeadline.now()
+    /// When a request last began or ended (CoarseClock): the idle timer's reference.
+    private var lastActivity = CoarseClock.now()
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
     private var iterating = false
@@ -72,8 +79,9 @@ final class HTTPConnection: ChannelInboundHandler {
     /// cleared when the channel goes inactive.
     private var context: ChannelHandlerContext?
 
-    init(worker: WorkerServer) {
+    init(worker: WorkerServer, channel: Channel) {
         self.worker = worker
+        self.channel = channel
         c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
     }
@@ -141,9 +149,9 @@ final class HTTPConnection: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// Not passed on: this is the pipeline's last handler, and the tail does nothing with it.
     func channelReadComplete(context: ChannelHandlerContext) {
         flush(context: context)
-        context.fireChannelReadComplete()
     }
 
     private func pauseReads(context: ChannelHandlerContext) {
@@ -184,18 +192,20 @@ final class HTTPConnection: ChannelInboundHandler {
         while buffer.readableBytes > 0 {
             // srv serves no other protocol: after an Upgrade or CONNECT the rest is dropped.
             if upgraded { return }
-            input = buffer
             var consumed = 0
-            let rc = buffer.withUnsafeReadableBytes { raw -> llhttp_errno_t in
-                let rc = c_nio_llhttp_execute(parser, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
-                if rc == HPE_OK {
-                    consumed = raw.count
-                } else if let stop = c_nio_llhttp_get_error_pos(parser) {
-                    consumed = UnsafeRawPointer(stop) - raw.baseAddress!
+            let rc = withUnsafeMutablePointer(to: &buffer) { buffer -> llhttp_errno_t in
+                input = buffer
+                defer { input = nil }
+                return buffer.pointee.withUnsafeReadableBytes { raw -> llhttp_errno_t in
+                    let rc = c_nio_llhttp_execute(parser, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                    if rc == HPE_OK {
+                        consumed = raw.count
+                    } else if let stop = c_nio_llhttp_get_error_pos(parser) {
+                        consumed = UnsafeRawPointer(stop) - raw.baseAddress!
+                    }
+                    return rc
                 }
-                return rc
             }
-            input = nil
             switch rc {
             case HPE_OK:
                 return
@@ -248,7 +258,7 @@ final class HTTPConnection: ChannelInboundHandler {
     private func messageBegin() -> Int32 {
         head.reset()
         if refusal != nil { refusal = nil }
-        lastActivity = .now()
+        lastActivity = CoarseClock.now()
         if worker.accessLog != nil { clock_gettime(CLOCK_REALTIME, &requestStart) }
         return 0
     }
@@ -319,8 +329,9 @@ final class HTTPConnection: ChannelInboundHandler {
         if slot.requestBody.length + n > limit {
             return refuse(413, "the request body is larger than the limit of \(limit) bytes (--limit-request-body)")
         }
-        let offset = input!.withUnsafeReadableBytes { UnsafeRawPointer(at) - $0.baseAddress! }
-        var chunk = input!.getSlice(at: input!.readerIndex + offset, length: n)!
+        let input = self.input!
+        let offset = input.pointee.withUnsafeReadableBytes { UnsafeRawPointer(at) - $0.baseAddress! }
+        var chunk = input.pointee.getSlice(at: input.pointee.readerIndex + offset, length: n)!
         do { try slot.requestBody.append(&chunk) } catch {
             worker.log(.error, "\(error)")
             return refuse(500, "srv could not store the request body")
@@ -453,7 +464,7 @@ final class HTTPConnection: ChannelInboundHandler {
             ? info.forwarded(for: forwardedFor, proto: forwardedProto) : info!
         do {
             guard try slot.prepare(head: head, connection: connection, router: worker.router,
-                                   requestID: worker.nextRequestID()) != nil else {
+                                   requestID: worker.nextRequestID()) else {
                 worker.releaseSlot(slot)
                 phase = .discardingBody(status: 404, message: "Not Found")
                 return true
@@ -476,7 +487,7 @@ final class HTTPConnection: ChannelInboundHandler {
     private func dispatch(context: ChannelHandlerContext) {
         guard let slot = slot else { return }
         slot.bodyComplete()
-        worker.scoreboard?.requestBegan(method: slot.methodBytes, target: slot.targetBytes)
+        worker.scoreboardPage?.requestBegan(method: slot.methodBytes, target: slot.targetBytes)
         slot.begin()
         phase = .responding
         if let pool = worker.threadPool {
@@ -498,7 +509,7 @@ final class HTTPConnection: ChannelInboundHandler {
     private func applicationReturned(_ rc: Int32, slot: RequestSlot, context: ChannelHandlerContext) {
         appRunning = false
         slot.streamingChannel = nil
-        worker.scoreboard?.requestEnded()
+        worker.scoreboardPage?.requestEnded()
         if tornDown || self.slot !== slot {
             // The connection closed while the app ran on a pool thread.
             worker.releaseSlot(slot)
@@ -609,7 +620,7 @@ final class HTTPConnection: ChannelInboundHandler {
             worker.requestCompleted()
         }
         iterating = false
-        lastActivity = .now()
+        lastActivity = CoarseClock.now()
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
             phase = .closing
             pending = nil
@@ -707,7 +718,7 @@ final class HTTPConnection: ChannelInboundHandler {
         // NIO closes the descriptor and turns isActive false in one step of the event loop
         // (close0 calls out to no handler in between), so while isActive is true here the
         // descriptor is still this connection's, never a number reused by another one.
-        if nioWrites == 0, let fd = directSocket(context), context.channel.isActive {
+        if nioWrites == 0, let fd = directSocket(context), channel.isActive {
             let n = Glibc.send(fd, bytes, count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
             if n == count { return }
             sent = max(n, 0)
@@ -759,23 +770,27 @@ final class HTTPConnection: ChannelInboundHandler {
     // MARK: - Timers and shutdown
 
     /// Closes a connection idle longer than --keep-alive (or stuck sending a request).
-    private func armIdleTimer(context: ChannelHandlerContext) {
+    /// The timer runs every --keep-alive seconds, or sooner when that much idle time is
+    /// nearly reached (`lastActivity` is coarse, so it may read a few ms short).
+    private func armIdleTimer(context: ChannelHandlerContext, in delay: TimeAmount? = nil) {
         let keepAlive = max(worker.settings.keepAlive, 0.001)
         let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
-        idleTimer = context.eventLoop.scheduleTask(in: limit) {
+        idleTimer = context.eventLoop.scheduleTask(in: delay ?? limit) {
             guard let context = self.context else { return }
-            let idleFor = NIODeadline.now() - self.lastActivity
+            let idleFor = TimeAmount.nanoseconds(Int64(CoarseClock.now() &- self.lastActivity))
+            let allowed: TimeAmount
             switch self.phase {
-            case .idle where idleFor >= limit:
-                self.phase = .closing
-                context.close(promise: nil)
-                return
-            case .readingBody where idleFor >= .seconds(Int64(max(self.worker.settings.timeout, keepAlive))):
-                self.phase = .closing
-                context.close(promise: nil)
-                return
+            case .idle: allowed = limit
+            case .readingBody: allowed = .seconds(Int64(max(self.worker.settings.timeout, keepAlive)))
             default:
                 self.armIdleTimer(context: context)
+                return
+            }
+            if idleFor >= allowed {
+                self.phase = .closing
+                context.close(promise: nil)
+            } else {
+                self.armIdleTimer(context: context, in: min(limit, allowed - idleFor))
             }
         }
     }

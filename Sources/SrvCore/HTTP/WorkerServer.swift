@@ -14,7 +14,9 @@ public final class WorkerServer {
     let limits: Limits
     let router: Router
     let logger: Logger
-    let scoreboard: Scoreboard?
+    /// Kept alive here; the request path writes through `scoreboardPage`.
+    private let scoreboard: Scoreboard?
+    let scoreboardPage: ScoreboardPage?
     let accessLog: AccessLog?
     let dateCache: DateCache
     let gateway: GatewayContext
@@ -41,6 +43,7 @@ public final class WorkerServer {
         self.router = Router(apps: apps)
         self.logger = logger
         self.scoreboard = scoreboard
+        self.scoreboardPage = scoreboard?.page
         self.accessLog = accessLog
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.dateCache = DateCache(threadSafe: settings.threads > 0)
@@ -73,16 +76,16 @@ public final class WorkerServer {
                         if self.settings.proxyProtocol {
                             try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
                         }
-                        try sync.addHandler(HTTPConnection(worker: self))
+                        try sync.addHandler(HTTPConnection(worker: self, channel: channel))
                     }
                 }
             let channel = try bootstrap.withBoundSocket(fd).wait()
             serverChannels.append(channel)
         }
         // The heartbeat shows the master that the event loop is not stuck.
-        scoreboard?.heartbeat()
+        scoreboardPage?.heartbeat()
         group.next().scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: .milliseconds(500)) { _ in
-            self.scoreboard?.heartbeat()
+            self.scoreboardPage?.heartbeat()
         }
     }
 

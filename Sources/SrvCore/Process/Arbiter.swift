@@ -417,7 +417,7 @@ public final class Arbiter {
             }
             var what = ""
             if let started = w.scoreboard.requestStarted {
-                let ran = Double(Scoreboard.now() - started) / 1e9
+                let ran = Double(CoarseClock.now() - started) / 1e9
                 what = " while serving \"\(w.scoreboard.currentRequest)\" (running \(String(format: "%.3f", ran)) s)"
             }
             if case .no = stopping, replace {
@@ -428,7 +428,7 @@ public final class Arbiter {
 
     /// Kills workers stuck in one request (or with a stuck event loop) past --timeout.
     func murderWorkers() {
-        let now = Scoreboard.now()
+        let now = CoarseClock.now()
         let timeout = UInt64(settings.timeout * 1e9)
         for w in workers.values where w.ready {
             if let aborted = w.abortedAt {
@@ -494,7 +494,7 @@ public final class Arbiter {
     /// running one; `manageReload` promotes it once every new worker is ready.
     func reload() {
         guard case .no = stopping else { return }
-        notify.send("RELOADING=1\nMONOTONIC_USEC=\(Scoreboard.now() / 1000)")
+        notify.send("RELOADING=1\nMONOTONIC_USEC=\(CoarseClock.now() / 1000)")
         var fresh = settings
         do {
             fresh = try configuration.load()
@@ -645,7 +645,7 @@ public final class Arbiter {
     func writeStatusIfDue(force: Bool = false) {
         guard force || Date().timeIntervalSince(lastStatusWrite) >= 0.5 else { return }
         lastStatusWrite = Date()
-        let now = Scoreboard.now()
+        let now = CoarseClock.now()
         var status = ArbiterStatus(
             masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970, listeners: listeners.map { $0.boundDescription },
             generation: current?.number ?? 0, pendingGeneration: pending?.number,

@@ -8,43 +8,53 @@ public final class Scoreboard {
     public static let size = 512
     static let lineCapacity = 256
     public let fd: Int32
-    private let base: UnsafeMutableRawPointer
+    /// The mapped page. A plain pointer, so the worker updates it per request without
+    /// reference counting.
+    public let page: ScoreboardPage
 
     /// Creates a new page (master side).
     public init?(name: String) {
         fd = srv_sys_memfd(name, Scoreboard.size)
         guard fd >= 0, let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
-        base = p
+        page = ScoreboardPage(base: p)
     }
 
     /// Maps a page passed by the master (worker side).
     public init?(fd: Int32) {
         self.fd = fd
         guard let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
-        base = p
+        page = ScoreboardPage(base: p)
     }
 
     deinit {
-        munmap(base, Scoreboard.size)
+        munmap(page.base, Scoreboard.size)
         close(fd)
     }
 
-    @inline(__always) static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
-    }
+    // MARK: Master side
 
-    private func atomicStore(_ offset: Int, _ value: UInt64) {
+    public var lastHeartbeat: UInt64 { page.load(0) }
+    public var requestsServed: UInt64 { page.load(8) }
+    /// When the current request began (monotonic ns), or nil when idle.
+    public var requestStarted: UInt64? { let v = page.load(16); return v == 0 ? nil : v }
+    public var currentRequest: String {
+        let n = min(Int((page.base + 24).load(as: UInt32.self)), Scoreboard.lineCapacity)
+        return String(decoding: UnsafeRawBufferPointer(start: page.base + 32, count: n), as: UTF8.self)
+    }
+}
+
+/// The worker's side of a scoreboard: valid while its `Scoreboard` lives.
+public struct ScoreboardPage {
+    let base: UnsafeMutableRawPointer
+
+    fileprivate func store(_ offset: Int, _ value: UInt64) {
         (base + offset).assumingMemoryBound(to: UInt64.self).pointee = value
     }
-    private func load(_ offset: Int) -> UInt64 {
+    fileprivate func load(_ offset: Int) -> UInt64 {
         (base + offset).assumingMemoryBound(to: UInt64.self).pointee
     }
 
-    // MARK: Worker side
-
-    public func heartbeat() { atomicStore(0, Scoreboard.now()) }
+    public func heartbeat() { store(0, CoarseClock.now()) }
 
     @inline(__always)
     public func requestBegan(method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
@@ -56,23 +66,23 @@ public final class Scoreboard {
         if m > 0 { (base + 32 + n).copyMemory(from: target.baseAddress!, byteCount: m) }
         n += m
         (base + 24).storeBytes(of: UInt32(n), as: UInt32.self)
-        atomicStore(16, Scoreboard.now())
+        store(16, CoarseClock.now())
     }
 
     @inline(__always)
     public func requestEnded() {
-        atomicStore(16, 0)
-        atomicStore(8, load(8) &+ 1)
+        store(16, 0)
+        store(8, load(8) &+ 1)
     }
+}
 
-    // MARK: Master side
-
-    public var lastHeartbeat: UInt64 { load(0) }
-    public var requestsServed: UInt64 { load(8) }
-    /// When the current request began (monotonic ns), or nil when idle.
-    public var requestStarted: UInt64? { let v = load(16); return v == 0 ? nil : v }
-    public var currentRequest: String {
-        let n = min(Int((base + 24).load(as: UInt32.self)), Scoreboard.lineCapacity)
-        return String(decoding: UnsafeRawBufferPointer(start: base + 32, count: n), as: UTF8.self)
+/// Monotonic time in nanoseconds at the kernel tick's resolution (a few ms): read from
+/// memory the kernel updates, with no clock read, for the per-request timestamps that
+/// only timeouts of seconds look at.
+enum CoarseClock {
+    @inline(__always) static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 }
