@@ -486,6 +486,84 @@ def test_mutated_requests_never_crash_the_worker(app):
 
 
 # ---------------------------------------------------------------------------------------
+# A client that shuts down its sending side after its requests
+# ---------------------------------------------------------------------------------------
+
+def half_closed(port, data, timeout=5):
+    """Sends `data`, shuts down the sending side, and returns (every response that came
+    back, whether srv then closed the connection, any bytes left after the responses)."""
+    c = Conn(port)
+    try:
+        c.send(data)
+        c.sock.shutdown(socket.SHUT_WR)
+        received, closed = read_all(c, timeout=timeout)
+    finally:
+        c.close()
+    reader = conn_from(None)
+    reader.buf = received
+    rs = []
+    while reader.buf.startswith(b"HTTP/1.1 "):
+        rs.append(reader.read_response())
+    return rs, closed, reader.buf
+
+
+def test_half_closed_client_gets_every_answer(app):
+    """Requests, then shutdown(SHUT_WR): each request is answered, the streamed one too
+    (it is still going when the end of input arrives), then srv closes."""
+    rs, closed, rest = half_closed(app.port, req("GET", "/status?code=201")
+                                   + req("POST", "/echo", body="half closed")
+                                   + req("GET", "/iter?n=300&size=1000")
+                                   + req("GET", "/status?code=202"))
+    assert [r.status for r in rs] == [201, 200, 200, 202], rs
+    assert rs[1].body == b"half closed", rs[1]
+    assert rs[2].body == b"".join(bytes([ord("a") + i % 26]) * 1000 for i in range(300))
+    assert closed and rest == b"", rest
+
+
+def test_half_closed_after_http10_request(app):
+    rs, closed, rest = half_closed(app.port, req("GET", "/environ", version="HTTP/1.0"))
+    assert [r.status for r in rs] == [200], rs
+    assert json.loads(rs[0].body)["SERVER_PROTOCOL"] == "HTTP/1.0"
+    assert closed and rest == b""
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /counter HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # the head never ends
+    req("POST", "/counter", ["Content-Length: 100"], body="only ten b"),  # nor the body
+    req("POST", "/counter", ["Transfer-Encoding: chunked"], body="5\r\nabcde\r\n"),
+], ids=["head", "content-length body", "chunked body"])
+def test_half_closed_inside_a_request_closes_unanswered(app, data):
+    """A request cut short by the end of input can never complete: srv closes without an
+    answer, and the application never sees it."""
+    _, before = counter(app.port)
+    rs, closed, rest = half_closed(app.port, data)
+    assert rs == [] and rest == b"" and closed, (rs, rest)
+    _, after = counter(app.port)
+    assert after == before + 1, "the application saw the unfinished request"
+
+
+def test_half_closed_while_the_app_runs_on_a_thread(threaded):
+    rs, closed, rest = half_closed(threaded.port, req("GET", "/sleep?ms=300")
+                                   + req("POST", "/echo", body="behind the sleep"))
+    assert [r.body for r in rs] == [b"slept 300\n", b"behind the sleep"], rs
+    assert closed and rest == b""
+
+
+def test_half_close_of_an_idle_keep_alive_connection_closes_it(app):
+    c = Conn(app.port)
+    try:
+        c.send(req("GET", "/status?code=203"))
+        assert c.read_response().status == 203
+        start = time.time()
+        c.sock.shutdown(socket.SHUT_WR)
+        data, closed = read_all(c, timeout=3)
+        assert closed and data == b"", data
+        assert time.time() - start < 2, "the idle connection waited for the keep-alive timeout"
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------------------------
 # Chunked bodies, Content-Length
 # ---------------------------------------------------------------------------------------
 

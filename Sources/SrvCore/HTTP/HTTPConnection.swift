@@ -52,6 +52,9 @@ final class HTTPConnection: ChannelInboundHandler {
     private var refusal: (status: Int, message: String)?
     /// After an Upgrade or CONNECT request srv answers, then reads nothing more.
     private var upgraded = false
+    /// The client shut down its sending side (or closed): what it sent is still answered,
+    /// then the connection closes.
+    private var inputClosed = false
     /// autoRead is off while a response streams or the app runs on a thread: pipelined
     /// input then waits in the socket, not in srv's memory. Toggled only on those paths,
     /// so an inline response costs nothing extra.
@@ -144,6 +147,11 @@ final class HTTPConnection: ChannelInboundHandler {
         if let proxied = event as? ProxyProtocolDecoder.Proxied {
             info = ConnectionInfo(local: proxied.destination ?? context.channel.localAddress, remote: proxied.source,
                                   forwardedAllow: worker.settings.forwardedAllowIPs)
+            return
+        }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            inputClosed = true
+            closeIfInputDone(context: context)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -625,9 +633,7 @@ final class HTTPConnection: ChannelInboundHandler {
             phase = .closing
             pending = nil
             flush(context: context)
-            context.writeAndFlush(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0)))).whenComplete { _ in
-                context.close(promise: nil)
-            }
+            closeAfterWrites(context: context)
             return
         }
         phase = .idle
@@ -646,6 +652,28 @@ final class HTTPConnection: ChannelInboundHandler {
         guard takesInput else { return }
         flush(context: context)
         resumeReads(context: context)
+        closeIfInputDone(context: context)
+    }
+
+    /// After the client half-closed: once every request it sent is answered, closes the
+    /// connection (after NIO has sent whatever it still holds). A request left unfinished
+    /// can no longer complete and is dropped, as nginx and Gunicorn do.
+    private func closeIfInputDone(context: ChannelHandlerContext) {
+        guard inputClosed, !parsing, pending == nil, takesInput else { return }
+        if case .readingBody = phase, let slot = slot {
+            worker.releaseSlot(slot)
+            self.slot = nil
+        }
+        phase = .closing
+        flush(context: context)
+        closeAfterWrites(context: context)
+    }
+
+    /// Closes once NIO has sent everything queued before this call.
+    private func closeAfterWrites(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0)))).whenComplete { _ in
+            context.close(promise: nil)
+        }
     }
 
     /// Between responses or reading a request (not responding, not closing).

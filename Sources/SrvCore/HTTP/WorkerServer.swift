@@ -70,6 +70,9 @@ public final class WorkerServer {
                 .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
                 .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+                // A client may send its requests and then shut down its side (HTTP/1.0
+                // tools, `nc -N`): it still gets every answer (see HTTPConnection).
+                .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
