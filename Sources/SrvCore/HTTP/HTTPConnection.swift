@@ -239,7 +239,8 @@ final class HTTPConnection: ChannelInboundHandler {
         s.pointee.on_url = { p, at, n in HTTPConnection.with(p) { $0.targetData(at!, n) } }
         s.pointee.on_url_complete = { p in HTTPConnection.with(p) { $0.targetComplete(p!) } }
         s.pointee.on_header_field = { p, at, n in HTTPConnection.with(p) { $0.nameData(at!, n) } }
-        s.pointee.on_header_field_complete = { p in HTTPConnection.with(p) { $0.head.tokenComplete(); return 0 } }
+        // No on_header_field_complete: RequestHead sees a name end when its value (or the
+        // value's end) arrives, which saves a callback per field.
         s.pointee.on_header_value = { p, at, n in HTTPConnection.with(p) { $0.valueData(at!, n) } }
         s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.head.valueComplete(); return 0 } }
         s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }

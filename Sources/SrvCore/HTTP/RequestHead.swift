@@ -114,8 +114,8 @@ final class RequestHead {
         fields[fieldCount - 1].valueLength += n
     }
 
-    /// llhttp says where each target, name and value ends (a value may be empty and
-    /// then has no data callback at all).
+    /// The target ended (llhttp's on_url_complete). A name ends when its value starts or
+    /// ends (an empty value has no data callback, only its end).
     func tokenComplete() { token = .none }
 
     /// A value ends: without trailing spaces and tabs (RFC 9112 5: they are not part of
