@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # srv beside real peers on this machine, one worker each, measured with wrk in one run:
 #  1. keep-alive hello world (wrk -t1 -c64): nginx, kore, gunicorn, uWSGI and srv (hello.so);
+#     1b alternates nginx, kore, nio-floor and srv for ROUNDS rounds; 1c sends a request
+#     with a browser's headers to nginx and srv;
 #  2. a 1 MiB file body: srv (SRV_BODY_FILE, sendfile) against nginx serving the same file;
 #  3. srv's worker RSS idle and under load.
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
@@ -33,26 +35,21 @@ ticks() { # pid
   echo "${t:-0}"
 }
 hz=$(getconf CLK_TCK)
+hdrs=()  # extra request headers for wrk (section 1c)
 round() { # name port command...
   local name=$1 port=$2; shift 2
   "$@" >/dev/null 2>&1 & local pid=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1
+  wrk -t1 -c"$conns" -d1s "${hdrs[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
   local before; before=$(ticks "$pid")
-  local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "${hdrs[@]}" "http://127.0.0.1:$port/" 2>&1)
   local after; after=$(ticks "$pid")
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   local n; n=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$name $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out") $(( (after - before) * 1000000 / hz )) ${n:-1}"
 }
-rows=$(for r in $(seq "$rounds"); do
-  round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
-  round kore 18082 sh -c "cd '$kdir' && exec kore -f -r -c conf/kore.conf"
-  [ -x "$floor" ] && round nio-floor 18096 "$floor" 18096
-  round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning
-done)
-rm -rf "${kdir%/kore}"
-python3 - "$rows" <<'PY'
+summarize() { # rows
+python3 - "$1" <<'PY'
 import statistics, sys
 def ms(v):
     return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
@@ -69,6 +66,31 @@ for peer in [p for p in ("nginx", "kore", "nio-floor") if p in med]:
     print(f"srv/{peer}: throughput {s[0] / med[peer][0]:.2f}x, p99 {s[1]:.2f} ms against {med[peer][1]:.2f} ms,"
           f" CPU per request {s[2]:.2f} us against {med[peer][2]:.2f} us")
 PY
+}
+rows=$(for r in $(seq "$rounds"); do
+  round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
+  round kore 18082 sh -c "cd '$kdir' && exec kore -f -r -c conf/kore.conf"
+  [ -x "$floor" ] && round nio-floor 18096 "$floor" 18096
+  round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning
+done)
+rm -rf "${kdir%/kore}"
+summarize "$rows"
+
+# Hello world has one header; real browsers send a dozen, which every server must parse.
+echo "== 1c. a browser's request (11 more headers, 560 bytes), ${ROUNDS_BROWSER:-3} alternating rounds of nginx and srv, ${secs}s each; medians"
+hdrs=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+      -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+      -H "Accept-Language: en-US,en;q=0.5" -H "Accept-Encoding: gzip, deflate, br, zstd"
+      -H "Referer: https://example.com/blog/posts/2026/11/hello-world"
+      -H "Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark; _ga=GA1.2.1234567890.1700000000"
+      -H "Upgrade-Insecure-Requests: 1" -H "Sec-Fetch-Dest: document" -H "Sec-Fetch-Mode: navigate"
+      -H "Sec-Fetch-Site: same-origin" -H "Priority: u=0, i")
+rows=$(for r in $(seq "${ROUNDS_BROWSER:-3}"); do
+  round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
+  round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning
+done)
+summarize "$rows"
+hdrs=()
 
 echo "== 2. 1 MiB file body, wrk -t1 -c$conns -d${secs}s"
 tmp=$(mktemp -d)

@@ -48,7 +48,8 @@ final class RequestSlot {
     /// instead of holding a large written body in memory.
     var streamingChannel: Channel?
     static let streamThreshold = 64 * 1024
-    /// Keeps the connection's strings (which environ points at) alive while they are used.
+    /// Keeps the connection's strings (which environ points at) alive; replaced when the
+    /// slot serves a request of another connection.
     private var connection: ConnectionInfo?
     var requestBody: RequestBody
     private var readOffset = 0
