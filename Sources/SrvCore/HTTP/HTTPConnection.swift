@@ -359,7 +359,7 @@ final class HTTPConnection: ChannelInboundHandler {
             worker.log(.info, "rejected a request from \(info?.remoteAddress ?? "?") with \(status): \(message)")
         }
         refusal = nil
-        if let slot = slot { worker.releaseSlot(slot); self.slot = nil }
+        recycleSlot()
         reject(status: status, message: message, context: context)
     }
 
@@ -524,7 +524,7 @@ final class HTTPConnection: ChannelInboundHandler {
             worker.releaseSlot(slot)
             return
         }
-        if case .closing = phase { worker.releaseSlot(slot); self.slot = nil; return }
+        if case .closing = phase { recycleSlot(); return }
         switch slot.finish(rc) {
         case .complete:
             queue(slot.out, context: context)
@@ -533,8 +533,7 @@ final class HTTPConnection: ChannelInboundHandler {
             queue(slot.out, context: context)
             flush(context: context)
             phase = .closing
-            worker.releaseSlot(slot)
-            self.slot = nil
+            recycleSlot()
             context.close(promise: nil)
         case .iterate:
             iterating = true
@@ -618,14 +617,18 @@ final class HTTPConnection: ChannelInboundHandler {
         slot.out.clear()
     }
 
+    /// Gives the current request's slot back to the worker's pool.
+    private func recycleSlot() {
+        if let slot = slot { worker.releaseSlot(slot); self.slot = nil }
+    }
+
     /// Logs the request, recycles the slot and moves on to the next pipelined request.
     private func requestFinished(context: ChannelHandlerContext) {
         var keepAlive = head.keepAlive
         if let slot = slot {
             keepAlive = slot.keepAlive
             if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes) }
-            worker.releaseSlot(slot)
-            self.slot = nil
+            recycleSlot()
             worker.requestCompleted()
         }
         iterating = false
@@ -661,10 +664,7 @@ final class HTTPConnection: ChannelInboundHandler {
     /// can no longer complete and is dropped, as nginx and Gunicorn do.
     private func closeIfInputDone(context: ChannelHandlerContext) {
         guard inputClosed, !parsing, pending == nil, takesInput else { return }
-        if case .readingBody = phase, let slot = slot {
-            worker.releaseSlot(slot)
-            self.slot = nil
-        }
+        recycleSlot()  // a request whose body never completes
         phase = .closing
         flush(context: context)
         closeAfterWrites(context: context)
