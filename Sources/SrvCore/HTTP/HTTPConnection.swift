@@ -628,7 +628,8 @@ final class HTTPConnection: ChannelInboundHandler {
         if let slot = slot {
             keepAlive = slot.keepAlive
             if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes) }
-            recycleSlot()
+            worker.releaseSlot(slot)  // recycleSlot() without loading `slot` again
+            self.slot = nil
             worker.requestCompleted()
         }
         iterating = false
