@@ -9,6 +9,10 @@
 /* 1 when c may appear in an RFC 9110 token (a header name), else 0. */
 int srv_http_is_tchar(unsigned char c);
 
+/* 1 when p[0..<n] may be a field value (or a status line's reason): no control character
+ * other than tab (CR, LF, NUL...) and no DEL; obs-text is allowed. */
+int srv_http_is_field_value(const char *p, size_t n);
+
 /* Writes "name: value\r\n" at dst, which has room for nlen + vlen + 4 bytes, checking
  * while it copies. Returns the bytes written, or 0 when the name is empty or not a token,
  * or the value holds a control character other than tab (CR, LF, NUL, DEL...): dst then

@@ -1,22 +1,17 @@
 import CSrvSystem
 
 /// Byte-level HTTP grammar used on the hot path (RFC 9110 tokens and field values). The
-/// token table is C's (http_chars.c), where the response path copies and checks fields.
+/// token and field-value rules are C's (http_chars.c), where the response path copies and
+/// checks fields.
 enum HTTPChars {
     static func isToken(_ c: UInt8) -> Bool { srv_http_is_tchar(c) != 0 }
 
-    /// True when no byte is a control character other than tab.
-    @inline(__always) static func isFieldValue(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard let p = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return true }
-        for i in 0..<bytes.count {
-            let c = p[i]
-            if c < 0x20 ? c != 0x09 : c == 0x7f { return false }
-        }
-        return true
+    /// Visible characters, space, tab and obs-text; never CR, LF, NUL, DEL or other
+    /// controls. The rule is C's, which the response path's header copy uses too.
+    static func isFieldValue(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let p = bytes.baseAddress else { return true }
+        return srv_http_is_field_value(p.assumingMemoryBound(to: CChar.self), bytes.count) != 0
     }
-
-    /// Visible characters, space, tab and obs-text; never CR, LF, NUL or other controls.
-    @inline(__always) static func isFieldValue(_ c: UInt8) -> Bool { c >= 0x20 ? c != 0x7f : c == 0x09 }
 
     /// Compares `bytes` with a lowercase ASCII literal, ignoring case.
     @inline(__always)
