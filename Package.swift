@@ -9,32 +9,33 @@ let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 // The request path is single-threaded per slot; dynamic exclusivity checks cost ~5% there.
 let hotPath: [SwiftSetting] = swift5 + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 
+let gateway: Target.Dependency = .product(name: "SrvGateway", package: "PluginSDK")
+
 let package = Package(
     name: "srv",
     products: [
         .executable(name: "srv", targets: ["srv"]),
-        .library(name: "SrvPlugin", targets: ["SrvPlugin"]),
         // The blog example, a Swift plugin: SwiftPM builds it as libblog.so.
         .library(name: "blog", type: .dynamic, targets: ["Blog", "BlogExport"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        // The gateway header, the Swift SDK and the toolchain stamp: a package of their own.
+        .package(path: "PluginSDK"),
+        // srv imports NIO's bundled llhttp (CNIOLLHTTP), which is not NIO's public API: an
+        // update of NIO is a deliberate change, so it is pinned to the minor version.
+        .package(url: "https://github.com/apple/swift-nio.git", .upToNextMinor(from: "2.101.2")),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
-        // MARK: - The gateway spec and the Swift SDK
-        .target(name: "SrvGateway", path: "PluginSDK/C", publicHeadersPath: "include"),
-        .target(name: "SrvPlugin", dependencies: ["SrvGateway"], path: "PluginSDK/Swift",
-                swiftSettings: swift5),
-
         // MARK: - The server
         .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi",
                        providers: [.apt(["libffi-dev"])]),
-        .target(name: "CSrvSystem", dependencies: ["SrvGateway", "CFFI"], path: "Sources/CSrvSystem"),
+        .target(name: "CSrvSystem", dependencies: [gateway, "CFFI"], path: "Sources/CSrvSystem"),
         .target(name: "SrvCore",
                 dependencies: [
-                    "SrvGateway", "CSrvSystem",
+                    gateway, "CSrvSystem",
+                    .product(name: "SrvToolchain", package: "PluginSDK"),
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -51,9 +52,9 @@ let package = Package(
         // MARK: - Examples
         .systemLibrary(name: "CSQLite", path: "Examples/blog/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "Blog", dependencies: ["SrvPlugin", "CSQLite"], path: "Examples/blog/Sources/Blog",
+        .target(name: "Blog", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK"), "CSQLite"], path: "Examples/blog/Sources/Blog",
                 swiftSettings: swift5),
-        .target(name: "BlogExport", dependencies: ["SrvGateway"], path: "Examples/blog/Sources/BlogExport"),
+        .target(name: "BlogExport", dependencies: [gateway], path: "Examples/blog/Sources/BlogExport"),
 
         // MARK: - Tests (unit tests of pure logic; Tests/integration drives the real binary)
         .testTarget(name: "SrvCoreTests", dependencies: ["SrvCore"], path: "Tests/SrvCoreTests",

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a step needs when it is missing (Debian's packages; run as root or via sudo).
 #   build: a C compiler, pkg-config, libffi-dev, libsqlite3-dev
-#   test:  curl, python3 with pytest
+#   test:  curl, Debian's python3 with pytest (the unprivileged test user cannot reach a
+#          python under /root), nginx and openssl (the deployment tests), patchelf and
+#          pkg-config (make install), and, as root, the unprivileged user srv-test that
+#          Tests/integration/run.sh runs the suite as
 #   bench: nginx-light, kore, gunicorn, uwsgi with python3, wrk
 set -euo pipefail
 step=${1:-build}
@@ -17,7 +20,11 @@ case "$step" in
   test)
     command -v curl >/dev/null || need+=(curl)
     command -v pgrep >/dev/null || need+=(procps)
-    python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
+    /usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
+    command -v nginx >/dev/null || need+=(nginx-light)
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v patchelf >/dev/null || need+=(patchelf)
+    command -v pkg-config >/dev/null || need+=(pkg-config)
     ;;
   bench)
     command -v nginx >/dev/null || need+=(nginx-light)
@@ -34,6 +41,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [ "$step" = test ] && ! python3 -c 'import pytest' 2>/dev/null; then
-  python3 -m pip install -q pytest
+if [ "$step" = test ] && [ "$(id -u)" -eq 0 ] && ! id -u "${SRV_TEST_USER:-srv-test}" >/dev/null 2>&1; then
+  echo "creating the unprivileged test user ${SRV_TEST_USER:-srv-test}"
+  useradd --system --no-create-home --shell /usr/sbin/nologin "${SRV_TEST_USER:-srv-test}"
 fi

@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import SrvGateway
+import SrvToolchain
 
 /// Hands `app` to srv: returns the opaque handle that the package's C export
 /// (`SRV_SWIFT_APP` from <srv/swift_app.h>) keeps. Call it from a `@_cdecl` factory, which
@@ -293,4 +294,15 @@ final class ChunkStream {
     deinit {
         buffer.deallocate()
     }
+}
+
+// MARK: - The toolchain stamp
+
+/// The version of the Swift compiler that built this plugin (srv_swift_toolchain in
+/// GATEWAY.md). srv compares it with its own before it calls any other code of the
+/// plugin, and refuses a plugin from another toolchain: there is one Swift runtime in the
+/// process, srv's, and Swift's ABI is not stable on Linux.
+@_cdecl("srv_swift_toolchain")
+public func srvSwiftToolchain() -> UnsafePointer<CChar> {
+    UnsafeRawPointer(swiftToolchainVersion.utf8Start).assumingMemoryBound(to: CChar.self)
 }

@@ -32,11 +32,11 @@ struct ServeOptions: ParsableArguments {
     var bodyMemoryLimit: Int?
     @Option(name: .customLong("spool-dir"), help: "Directory for spooled request bodies (default /tmp).")
     var spoolDir: String?
-    @Option(name: .customLong("forwarded-allow-ips"), help: "Comma-separated peers trusted to set X-Forwarded-For/-Proto, '*' for all (default 127.0.0.1,::1).")
+    @Option(name: .customLong("forwarded-allow-ips"), help: "Comma-separated peers trusted to set X-Forwarded-For/-Proto: addresses, CIDR ranges (10.0.0.0/8), 'unix' (peers on a Unix socket, such as nginx), '*' for all (default 127.0.0.1,::1,unix).")
     var forwardedAllowIPs: String?
     @Flag(name: .customLong("proxy-protocol"), help: "Expect a PROXY protocol (v1 or v2) header on each connection.")
     var proxyProtocol = false
-    @Option(name: .customLong("proxy-allow-from"), help: "Comma-separated peers allowed to send PROXY headers (default 127.0.0.1,::1).")
+    @Option(name: .customLong("proxy-allow-from"), help: "Comma-separated peers allowed to send PROXY headers, in the form of --forwarded-allow-ips (default 127.0.0.1,::1).")
     var proxyAllowFrom: String?
     @Option(name: .customLong("access-logfile"), help: "Write an access log to FILE ('-' for stderr). Off by default.")
     var accessLogfile: String?
@@ -58,8 +58,20 @@ struct ServeOptions: ParsableArguments {
     var maxRequests: Int?
     @Option(name: .customLong("max-requests-jitter"), help: "Add a random 0...N to --max-requests per worker.")
     var maxRequestsJitter: Int?
-    @Option(name: .customLong("snapshot-dir"), help: "Where private snapshots of applications are kept.")
+    @Option(name: .customLong("snapshot-dir"), help: "Where private snapshots of applications are kept (default: snapshots in the runtime directory); owned by srv's user, mode 0700.")
     var snapshotDir: String?
+    @Option(name: .customLong("runtime-dir"), help: "The status file and snapshots (default $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/srv, else /tmp/srv-UID).")
+    var runtimeDir: String?
+    @Option(name: [.customShort("u"), .customLong("user")], help: "Run the workers as this user (name or uid); srv must start as root, which binds first.")
+    var user: String?
+    @Option(name: [.customShort("g"), .customLong("group")], help: "Run the workers as this group (name or gid; default: the user's group).")
+    var group: String?
+    @Option(name: .customLong("chdir"), help: ArgumentHelp("Change to DIR before loading the applications; relative paths are taken from there.", valueName: "DIR"))
+    var chdir: String?
+    @Option(name: [.customShort("e"), .customLong("env")], help: ArgumentHelp("Set an environment variable for the workers; repeatable.", valueName: "KEY=VALUE"))
+    var env: [String] = []
+    @Option(name: [.customShort("m"), .customLong("umask")], help: ArgumentHelp("Mode mask (octal) for the Unix socket files srv creates (default 0: any local user may connect, as with a loopback port; 0o007 keeps the socket to srv's user and group).", valueName: "MASK"))
+    var umask: String?
     @Flag(name: .customLong("reload"), help: "Reload when an application file changes (after it stops changing).")
     var reload = false
     @Option(name: .customLong("reload-delay"), help: "Seconds a changed file must stay unchanged before --reload acts (default 1).")
@@ -75,7 +87,8 @@ struct ServeOptions: ParsableArguments {
         "limit-request-fields", "limit-request-field-size", "limit-request-body", "body-memory-limit", "spool-dir",
         "forwarded-allow-ips", "proxy-protocol", "proxy-allow-from", "access-logfile", "access-logformat",
         "error-logfile", "log-level", "pid", "timeout", "graceful-timeout", "boot-timeout", "max-requests",
-        "max-requests-jitter", "snapshot-dir", "reload", "reload-delay", "status-file",
+        "max-requests-jitter", "snapshot-dir", "reload", "reload-delay", "status-file", "runtime-dir", "user",
+        "group", "chdir", "env", "umask",
     ]
 
     /// Applies the options that are set onto `s`.
@@ -106,9 +119,9 @@ struct ServeOptions: ParsableArguments {
         if let v = limitRequestBody { s.limitRequestBody = v }
         if let v = bodyMemoryLimit { s.bodyMemoryLimit = v }
         if let v = spoolDir { s.spoolDirectory = v }
-        if let v = forwardedAllowIPs { s.forwardedAllowIPs = AddressList(parsing: v) }
+        if let v = forwardedAllowIPs { s.forwardedAllowIPs = try parsed { try AddressList(parsing: v) } }
         if proxyProtocol { s.proxyProtocol = true }
-        if let v = proxyAllowFrom { s.proxyAllowFrom = AddressList(parsing: v) }
+        if let v = proxyAllowFrom { s.proxyAllowFrom = try parsed { try AddressList(parsing: v, setting: "proxy-allow-from") } }
         if let v = accessLogfile { s.accessLogFile = v }
         if let v = accessLogformat { s.accessLogFormat = AccessLogFormat(v) }
         if let v = errorLogfile { s.errorLogFile = v }
@@ -123,6 +136,33 @@ struct ServeOptions: ParsableArguments {
         if reload { s.reload = true }
         if let v = reloadDelay { s.reloadDelay = v }
         if let v = statusFile { s.statusFile = v }
+        if let v = runtimeDir { s.runtimeDirectory = v }
+        if let v = user { s.user = v }
+        if let v = group { s.group = v }
+        if let v = chdir { s.chdir = v }
+        if !env.isEmpty { s.environment += env }
+        if let v = umask {
+            var digits = Substring(v)
+            if digits.hasPrefix("0o") { digits = digits.dropFirst(2) }
+            guard let mask = Int(digits, radix: 8) else {
+                throw ValidationError("umask \"\(v)\": expected an octal mode mask such as 0, 007 or 0o077")
+            }
+            s.umask = mask
+        }
+    }
+
+    private func parsed<T>(_ make: () throws -> T) throws -> T {
+        do { return try make() } catch { throw ValidationError("\(error)") }
+    }
+
+    /// Gunicorn's underscore spellings of long flags (`--limit-request-field_size`) as the
+    /// dashed ones srv declares; values are left alone.
+    static func normalizingUnderscores(_ arguments: [String]) -> [String] {
+        arguments.map { arg in
+            guard arg.hasPrefix("--"), arg.contains("_") else { return arg }
+            let name = arg.prefix { $0 != "=" }
+            return name.replacingOccurrences(of: "_", with: "-") + arg.dropFirst(name.count)
+        }
     }
 }
 
@@ -130,9 +170,10 @@ struct ServeOptions: ParsableArguments {
 func resolveSettings(commandLine: ServeOptions, environment: [String: String]) throws -> Settings {
     var settings = Settings()
     var envOptions: ServeOptions?
+    var fileLines: [String: Int] = [:]
     if let text = environment["SRV_CMD_ARGS"], !text.isEmpty {
         do {
-            envOptions = try ServeOptions.parse(try ShellWords.split(text))
+            envOptions = try ServeOptions.parse(ServeOptions.normalizingUnderscores(try ShellWords.split(text)))
         } catch {
             throw ValidationError("SRV_CMD_ARGS: \(ServeOptions.message(for: error))")
         }
@@ -141,20 +182,38 @@ func resolveSettings(commandLine: ServeOptions, environment: [String: String]) t
         guard let data = FileManagerShim.read(path) else {
             throw ValidationError("config file \(path): cannot read it (does it exist?)")
         }
-        let args = try ConfigFile.arguments(from: data, path: path, knownNames: ServeOptions.settingNames)
-        let fileOptions: ServeOptions
-        do { fileOptions = try ServeOptions.parse(args) } catch {
-            throw ValidationError("config file \(path): \(ServeOptions.message(for: error))")
+        let lines: [ConfigFile.Line]
+        do { lines = try ConfigFile.lines(from: data, path: path, knownNames: ServeOptions.settingNames) } catch {
+            throw ValidationError("config file \(error)")
         }
+        // Each line on its own first, so that a bad value names its line.
+        for line in lines {
+            var scratch = Settings()
+            do { try ServeOptions.parse(line.arguments).apply(to: &scratch) } catch {
+                throw ValidationError("config file \(path) line \(line.number): \(ServeOptions.message(for: error))")
+            }
+            fileLines[line.name] = line.number
+        }
+        let fileOptions = try ServeOptions.parse(lines.flatMap { $0.arguments })
         try fileOptions.apply(to: &settings)
         settings.configFile = path
     }
     try envOptions?.apply(to: &settings)
     try commandLine.apply(to: &settings)
-    // Relative paths are resolved now: workers and HUPs may run elsewhere.
-    settings.mounts = settings.mounts.map { Settings.Mount(prefix: $0.prefix, path: FileManagerShim.absolute($0.path)) }
-    settings.appsDir = settings.appsDir.map(FileManagerShim.absolute)
-    let problems = settings.validate()
+    // Relative paths are resolved now (from --chdir when given): workers and HUPs may run elsewhere.
+    settings.chdir = settings.chdir.map { FileManagerShim.absolute($0) }
+    let base = settings.chdir
+    settings.mounts = settings.mounts.map { Settings.Mount(prefix: $0.prefix, path: FileManagerShim.absolute($0.path, from: base)) }
+    settings.appsDir = settings.appsDir.map { FileManagerShim.absolute($0, from: base) }
+    var problems = settings.validate() + settings.resolveIdentity()
+    if let path = settings.configFile {
+        // A problem with a value the file set names the file's line.
+        problems = problems.map { problem in
+            let name = String(problem.prefix { $0 != ":" && $0 != " " })
+            guard let line = fileLines[name] else { return problem }
+            return "\(problem) (config file \(path) line \(line))"
+        }
+    }
     if !problems.isEmpty { throw ValidationError(problems.joined(separator: "\n")) }
     return settings
 }

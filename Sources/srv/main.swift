@@ -4,44 +4,82 @@ import Glibc
 import SrvCore
 
 /// srv: an application server for web applications compiled as shared objects.
+/// `srv [serving flags]` serves (the default subcommand, `serve`); `srv check` and
+/// `srv status` are tools beside it. `srv --help` shows the serving flags (see the end).
 struct Srv: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "srv",
         abstract: "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor)).",
-        discussion: """
-            Examples:
-              srv --app ./libblog.so -b 127.0.0.1:8000 -w 4
-              srv --apps-dir ./apps --reload
-              kill -HUP $(cat srv.pid)      # reload with zero dropped requests
-              srv check ./libblog.so        # validate a plugin without serving
-            """,
-        version: GatewayABI.serverVersion,
+        version: GatewayABI.versionText,
         subcommands: [Serve.self, Check.self, Status.self, WorkerCommand.self],
         defaultSubcommand: Serve.self)
 }
 
 struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serve applications with a master and a pool of workers (the default).")
+    static let configuration = CommandConfiguration(
+        abstract: "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor)).",
+        usage: """
+            srv --app FILE.so [-b ADDRESS] [-w N] [options]
+            srv --apps-dir DIR [options]
+            srv check PATH.so ...             validate plugins without serving (srv check --help)
+            srv status [--pid FILE | PID]     a running master's generation, apps and workers
+            """,
+        discussion: """
+            Examples:
+              srv --app ./libblog.so -b 127.0.0.1:8000 -w 4 --pid srv.pid
+              srv --apps-dir ./apps --reload
+              kill -HUP $(cat srv.pid)      # reload with zero dropped requests
+              srv check ./libblog.so        # validate a plugin without serving
+              srv status --pid srv.pid      # generation, applications, workers
+
+            Flags win over SRV_CMD_ARGS, which wins over the config file (-c). Gunicorn's
+            underscore spellings of the flags (--limit-request-field_size) are accepted.
+            Exit status: 0 stopped cleanly, 1 could not serve, 64 bad flags or configuration.
+            """)
 
     @OptionGroup var options: ServeOptions
-    @Flag(name: .customLong("check-config"), help: "Validate the configuration and exit.")
+    @Flag(name: .customLong("check-config"), help: "Validate the configuration and every application (as `srv check` does), then exit.")
     var checkConfig = false
 
-    func run() throws {
-        let env = ProcessInfo.processInfo.environment
-        let settings = try resolveSettings(commandLine: options, environment: env)
-        if checkConfig {
-            print("configuration OK: \(settings.mounts.count) app(s)\(settings.appsDir.map { " + apps dir \($0)" } ?? ""), \(settings.workers) worker(s), bind \(settings.effectiveBinds.joined(separator: ", "))")
-            return
+    func run() throws { try serve(options, checkConfig: checkConfig) }
+}
+
+func serve(_ options: ServeOptions, checkConfig: Bool) throws {
+    let env = ProcessInfo.processInfo.environment
+    let settings = try resolveSettings(commandLine: options, environment: env)
+    if checkConfig {
+        let binds = settings.effectiveBinds.map { text -> String in
+            guard case .success(let a) = BindAddress.parse(text) else { return text }
+            return "\(text) -> \(a.explained)"
         }
-        try ErrorLog.shared.configure(path: settings.errorLogFile)
-        let options = self.options
-        let source = ConfigurationSource {
-            try resolveSettings(commandLine: options, environment: ProcessInfo.processInfo.environment)
+        print("configuration OK: \(settings.workers) worker(s), bind \(binds.joined(separator: ", "))")
+        var paths = settings.mounts.map { $0.path }
+        if let dir = settings.appsDir { paths += AppsDirectory.scan(dir, logger: nil).map { $0.path } }
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        var invalid = 0
+        for path in paths {
+            let r = PluginCheck.run(path: path, snapshotDirectory: scratch.path, timeout: settings.bootTimeout)
+            if r.valid {
+                print("app ok  \(path)  (\(r.name ?? "") \(r.version ?? ""))")
+            } else {
+                invalid += 1
+                print("app INVALID \(path)\n        \(r.error ?? "invalid")")
+            }
         }
-        let arbiter = Arbiter(configuration: source, settings: settings)
-        throw ExitCode(arbiter.run())
+        if paths.isEmpty, let dir = settings.appsDir { print("apps dir \(dir) holds no lib<name>.so yet") }
+        if invalid > 0 { throw ExitCode(1) }
+        return
     }
+    try ErrorLog.shared.configure(path: settings.errorLogFile)
+    if let dir = settings.chdir, chdir(dir) != 0 {
+        throw ValidationError("chdir \(dir): \(String(cString: strerror(errno)))")
+    }
+    let source = ConfigurationSource {
+        try resolveSettings(commandLine: options, environment: ProcessInfo.processInfo.environment)
+    }
+    let arbiter = Arbiter(configuration: source, settings: settings)
+    throw ExitCode(arbiter.run())
 }
 
 struct Check: ParsableCommand {
@@ -52,7 +90,7 @@ struct Check: ParsableCommand {
     @Option(name: .customLong("timeout"), help: "Seconds a plugin may take to load (default 10).")
     var timeout: Double = 10
     @Option(name: .customLong("snapshot-dir"), help: .hidden)
-    var snapshotDir: String = Snapshot.defaultDirectory
+    var snapshotDir: String?
     @Flag(name: .customLong("in-process"), help: .hidden)
     var inProcess = false
     @Argument(help: ArgumentHelp("Plugins to check.", valueName: "PATH.so"))
@@ -63,8 +101,11 @@ struct Check: ParsableCommand {
     }
 
     func run() throws {
-        if inProcess { PluginCheck.runInProcess(path: paths[0], snapshotDirectory: snapshotDir) }
-        let reports = paths.map { PluginCheck.run(path: $0, snapshotDirectory: snapshotDir, timeout: timeout) }
+        if inProcess, let dir = snapshotDir { PluginCheck.runInProcess(path: paths[0], snapshotDirectory: dir) }
+        // The copies a check loads live in a directory of their own, removed afterwards.
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let reports = paths.map { PluginCheck.run(path: $0, snapshotDirectory: snapshotDir ?? scratch.path, timeout: timeout) }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -96,26 +137,35 @@ struct Status: ParsableCommand {
 
     func run() throws {
         var path = statusFile
+        var pid = masterPID
         if path == nil, let pidFile = pidFile {
-            guard let text = FileManagerShim.read(pidFile), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            guard let text = FileManagerShim.read(pidFile), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
                 throw ValidationError("cannot read a pid from \(pidFile); is srv running with --pid \(pidFile)?")
             }
-            path = ArbiterStatus.path(forMaster: pid)
+            pid = p
         }
-        if path == nil, let pid = masterPID { path = ArbiterStatus.path(forMaster: pid) }
         if path == nil {
-            let dir = ArbiterStatus.directory
-            let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])
-                .filter { $0.hasPrefix("master-") && $0.hasSuffix(".json") }
-                .filter { f in Int32(f.dropFirst(7).dropLast(5)).map { kill($0, 0) == 0 } ?? false }
-            guard files.count == 1 else {
-                throw ValidationError(files.isEmpty ? "no running srv master found; start one, or give --pid FILE"
-                                                    : "\(files.count) masters are running; choose one with --pid FILE or its pid")
+            // Masters of any user (a systemd unit's DynamicUser among them) are found in
+            // their runtime directories.
+            let name = pid.map { ArbiterStatus.fileName(forMaster: $0) }
+            var found: [String] = []
+            for dir in RuntimeDirectory.searchPaths {
+                let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])
+                    .filter { f in name.map { f == $0 } ?? ArbiterStatus.isStatusFileOfLiveMaster(f) }
+                found += files.map { "\(dir)/\($0)" }
             }
-            path = "\(dir)/\(files[0])"
+            guard found.count == 1 else {
+                if let pid = pid { throw ValidationError("no status file for master \(pid) in \(RuntimeDirectory.searchPaths.joined(separator: ", ")); is it running? Give --status-file PATH if it was started with --runtime-dir or --status-file") }
+                throw ValidationError(found.isEmpty ? "no running srv master found; start one, or give --pid FILE"
+                                                    : "\(found.count) masters are running; choose one with --pid FILE or its pid")
+            }
+            path = found[0]
         }
-        guard let text = FileManagerShim.read(path!), let status = try? JSONDecoder().decode(ArbiterStatus.self, from: Data(text.utf8)) else {
-            throw ValidationError("no status at \(path!); is that master running?")
+        guard let text = FileManagerShim.read(path!) else {
+            throw ValidationError("cannot read the status at \(path!) (\(String(cString: strerror(errno)))); is that master running, and may this user read its runtime directory? (root can)")
+        }
+        guard let status = try? JSONDecoder().decode(ArbiterStatus.self, from: Data(text.utf8)) else {
+            throw ValidationError("\(path!) is not a status file of this srv version")
         }
         print(json ? text : status.text)
     }
@@ -132,9 +182,20 @@ enum FileManagerShim {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
-    static func absolute(_ path: String) -> String {
-        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    static func absolute(_ path: String, from base: String? = nil) -> String {
+        path.hasPrefix("/") ? path : (base ?? FileManager.default.currentDirectoryPath) + "/" + path
     }
+}
+
+/// A private directory for one command's scratch files (mkdtemp), removed with its contents.
+struct TemporaryDirectory {
+    let path: String
+    init() throws {
+        var template = Array("\(NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/")srv-check.XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw ValidationError("cannot create a temporary directory: \(String(cString: strerror(errno)))") }
+        path = String(cString: p)
+    }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 extension ServeOptions {
@@ -143,4 +204,11 @@ extension ServeOptions {
     }
 }
 
-Srv.main()
+let arguments = ServeOptions.normalizingUnderscores(Array(CommandLine.arguments.dropFirst()))
+// `srv --help` is the help of serving, the default subcommand: its flags are what an
+// operator looks for (ArgumentParser would show only the list of subcommands).
+if arguments.count == 1, ["--help", "-h", "help"].contains(arguments[0]) {
+    print(Srv.helpMessage(for: Serve.self))
+    exit(0)
+}
+Srv.main(arguments)

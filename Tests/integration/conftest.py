@@ -13,6 +13,22 @@ import time
 
 import pytest
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `root` need root; run as an ordinary user they are skipped, saying why."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (privilege drop, ports below 1024): run the suite as root, "
+                                   "as CI does; Tests/integration/run.sh runs it as root only for these")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def unprivileged_user():
+    """The ordinary user a root test hands srv's workers to (run.sh's test user, or nobody)."""
+    return os.environ.get("SRV_TEST_UNPRIVILEGED_USER", "nobody")
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SRV = os.environ.get("SRV_BIN", os.path.join(ROOT, ".build", "release", "srv"))
 PLUGINS = os.environ.get("PLUGINS", os.path.join(ROOT, "build", "plugins"))

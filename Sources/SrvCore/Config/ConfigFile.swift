@@ -10,8 +10,19 @@ public enum ConfigFile {
     /// Names that are switches: `reload = true` becomes `--reload`, `false` omits it.
     public static let switches: Set<String> = ["reload", "proxy-protocol"]
 
+    /// One setting of the file: its line number, its name and the flag arguments it becomes.
+    public struct Line {
+        public let number: Int
+        public let name: String
+        public let arguments: [String]
+    }
+
     public static func arguments(from text: String, path: String, knownNames: Set<String>) throws -> [String] {
-        var args: [String] = []
+        try lines(from: text, path: path, knownNames: knownNames).flatMap { $0.arguments }
+    }
+
+    public static func lines(from text: String, path: String, knownNames: Set<String>) throws -> [Line] {
+        var result: [Line] = []
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             var line = Substring(raw)
             if let hash = line.firstIndex(of: "#"), !line[..<hash].contains("\"") { line = line[..<hash] }
@@ -28,6 +39,7 @@ public enum ConfigFile {
             guard knownNames.contains(name) else {
                 throw ParseError(description: "\(path) line \(index + 1): unknown setting \"\(name)\"; expected one of the long flag names of `srv --help` (for example workers, bind, app)")
             }
+            var args: [String] = []
             if switches.contains(name) {
                 switch value.lowercased() {
                 case "true", "yes", "on", "1": args.append("--\(name)")
@@ -38,8 +50,9 @@ public enum ConfigFile {
                 args.append("--\(name)")
                 args.append(value)
             }
+            result.append(Line(number: index + 1, name: name, arguments: args))
         }
-        return args
+        return result
     }
 }
 

@@ -1,3 +1,5 @@
+import Glibc
+
 /// Every setting of srv, with Gunicorn's names and defaults where Gunicorn has them.
 /// The same settings come from flags, a config file (`-c`) and `SRV_CMD_ARGS`.
 public struct Settings: Codable, Equatable {
@@ -21,9 +23,10 @@ public struct Settings: Codable, Equatable {
     public var limitRequestBody = 64 << 20
     public var bodyMemoryLimit = 1 << 20
     public var spoolDirectory = "/tmp"
-    public var forwardedAllowIPs = AddressList(["127.0.0.1", "::1"])
+    /// Loopback and Unix-socket peers: a proxy on the same machine (nginx) is trusted.
+    public var forwardedAllowIPs = try! AddressList(["127.0.0.1", "::1", "unix"])
     public var proxyProtocol = false
-    public var proxyAllowFrom = AddressList(["127.0.0.1", "::1"])
+    public var proxyAllowFrom = try! AddressList(["127.0.0.1", "::1"], setting: "proxy-allow-from")
     public var accessLogFile: String?
     public var accessLogFormat = AccessLogFormat.combined
     public var errorLogFile = "-"
@@ -34,7 +37,22 @@ public struct Settings: Codable, Equatable {
     public var bootTimeout = 30.0
     public var maxRequests = 0
     public var maxRequestsJitter = 0
-    public var snapshotDirectory = Snapshot.defaultDirectory
+    /// Where snapshots are kept; nil: `snapshots` in the runtime directory.
+    public var snapshotDirectory: String?
+    /// Status files and snapshots (RuntimeDirectory.defaultPath unless set).
+    public var runtimeDirectory: String?
+    /// The user and group workers run as (names or numbers); nil: srv's own.
+    public var user: String?
+    public var group: String?
+    /// Resolved from `user` and `group` by `resolveIdentity()`.
+    public var workerUID: UInt32?
+    public var workerGID: UInt32?
+    /// The directory srv changes to before loading applications.
+    public var chdir: String?
+    /// KEY=VALUE pairs added to the workers' environment.
+    public var environment: [String] = []
+    /// The mode mask for Unix socket files srv creates (Gunicorn's -m/--umask; 0: rwx for all).
+    public var umask = 0
     public var reload = false
     public var reloadDelay = 1.0
     public var statusFile: String?
@@ -76,6 +94,70 @@ public struct Settings: Codable, Equatable {
         }
         for b in effectiveBinds {
             if case .failure(let e) = BindAddress.parse(b) { problems.append(e.description) }
+        }
+        for pair in environment where !pair.contains("=") || pair.hasPrefix("=") {
+            problems.append("env \"\(pair)\": expected KEY=VALUE (for example -e BLOG_DATA_DIR=/var/lib/blog)")
+        }
+        if umask < 0 || umask > 0o777 {
+            problems.append("umask: expected an octal mode mask from 0 to 0o777 (for example 0o007), found \(String(umask, radix: 8))")
+        }
+        if let dir = chdir {
+            var st = stat()
+            if stat(dir, &st) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
+                problems.append("chdir \(dir): expected an existing directory, found \(stat(dir, &st) != 0 ? String(cString: strerror(errno)) : "a file")")
+            }
+        }
+        if let dir = appsDir {
+            var st = stat()
+            if stat(dir, &st) != 0 {
+                problems.append("apps-dir \(dir): \(String(cString: strerror(errno))); expected a directory of lib<name>.so files (create it, or fix the path)")
+            } else if (st.st_mode & S_IFMT) != S_IFDIR {
+                problems.append("apps-dir \(dir): expected a directory, found a file")
+            } else if access(dir, R_OK | X_OK) != 0 {
+                problems.append("apps-dir \(dir): cannot read it (\(String(cString: strerror(errno)))); check its permissions")
+            }
+        }
+        if let p = accessLogFile, p != "-" {
+            if let problem = Settings.appendable(p) { problems.append("access-logfile \(p): \(problem)") }
+        }
+        if errorLogFile != "-" {
+            if let problem = Settings.appendable(errorLogFile) { problems.append("error-logfile \(errorLogFile): \(problem)") }
+        }
+        return problems
+    }
+
+    /// Why a log file cannot be opened for appending (nil when it can), without creating it.
+    static func appendable(_ path: String) -> String? {
+        if access(path, F_OK) == 0 {
+            return access(path, W_OK) == 0 ? nil : "cannot write to it (\(String(cString: strerror(errno)))); check its owner and mode"
+        }
+        let slash = path.lastIndex(of: "/")
+        let dir = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        if access(dir, F_OK) != 0 { return "its directory \(dir) does not exist; create it first" }
+        return access(dir, W_OK | X_OK) == 0 ? nil : "cannot create it in \(dir) (\(String(cString: strerror(errno)))); check that directory's owner and mode"
+    }
+
+    /// Resolves `user` and `group` to ids (names through the system's user database).
+    /// Returns the problems: an unknown name, or dropping privileges without being root.
+    public mutating func resolveIdentity() -> [String] {
+        var problems: [String] = []
+        workerUID = nil
+        workerGID = nil
+        if let u = user {
+            if let pw = Identity.user(u) {
+                workerUID = pw.uid
+                workerGID = pw.gid
+            } else {
+                problems.append("user \"\(u)\": no such user; expected a user name or a numeric uid from /etc/passwd")
+            }
+        }
+        if let g = group {
+            if let gid = Identity.group(g) { workerGID = gid } else {
+                problems.append("group \"\(g)\": no such group; expected a group name or a numeric gid from /etc/group")
+            }
+        }
+        if (workerUID != nil && workerUID != geteuid()) || (workerGID != nil && workerGID != getegid()), geteuid() != 0 {
+            problems.append("user/group: switching the workers to \(user ?? "") \(group ?? "") needs root; srv runs as uid \(geteuid()). Start srv as root (it binds, then the workers drop to --user), or leave --user and --group out")
         }
         return problems
     }

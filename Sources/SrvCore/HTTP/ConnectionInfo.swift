@@ -86,18 +86,3 @@ extension Substring {
 extension String {
     var trimmingSpaces: String { Substring(self).trimmingSpaces }
 }
-
-/// A list of addresses from --forwarded-allow-ips or --proxy-allow-from: exact addresses,
-/// CIDR-less; "*" allows every peer; "unix" allows Unix-socket peers.
-public struct AddressList: Codable, Equatable {
-    public var entries: [String]
-    public init(_ entries: [String]) { self.entries = entries }
-    public init(parsing text: String) {
-        entries = text.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
-    }
-    var allowsUnix: Bool { entries.contains("*") || entries.contains("unix") }
-    func contains(_ address: String) -> Bool {
-        entries.contains("*") || entries.contains(address)
-            || (address.hasPrefix("::ffff:") && entries.contains(String(address.dropFirst(7))))
-    }
-}

@@ -180,6 +180,11 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A client that resets or leaves is ordinary; anything else is srv's own failure
+        // and the operator must see why a connection was dropped.
+        if !AcceptErrorLogger.isPeerGone(error) {
+            worker.log(.warning, "closing the connection from \(info.remoteAddress): \(error)")
+        }
         if case .responding = phase {} else { context.close(promise: nil) }
         phase = .closing
     }

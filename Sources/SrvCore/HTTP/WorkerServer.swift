@@ -68,7 +68,14 @@ public final class WorkerServer {
             let bootstrap = ServerBootstrap(group: group)
                 // NIO calls listen() again on an inherited socket: keep the configured backlog.
                 .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
-                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptErrorLogger(logger: self.logger))
+                    }
+                }
+                // TCP_NODELAY is an IPPROTO_TCP option: at SOL_SOCKET level its number (1)
+                // is SO_DEBUG, which needs CAP_NET_ADMIN and fails for every ordinary user.
+                .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
                 // A client may send its requests and then shut down its side (HTTP/1.0
                 // tools, `nc -N`): it still gets every answer (see HTTPConnection).

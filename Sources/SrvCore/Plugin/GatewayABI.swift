@@ -1,4 +1,5 @@
 import SrvGateway
+import SrvToolchain
 
 /// The gateway ABI this srv implements, read from srv/gateway.h.
 public enum GatewayABI {
@@ -8,4 +9,10 @@ public enum GatewayABI {
     /// The size of the ABI 1.0 descriptor; a smaller one is refused.
     public static let minimumDescriptorSize = MemoryLayout<srv_descriptor>.size
     public static let serverVersion = "srv/0.1.0"
+    /// The Swift compiler that built srv; a Swift plugin must come from the same one.
+    public static let swiftToolchain = "\(swiftToolchainVersion)"
+    /// What `srv --version` prints.
+    public static var versionText: String {
+        "srv \(serverVersion.dropFirst(4)) (gateway ABI \(major).\(minor), Swift \(swiftToolchain))"
+    }
 }

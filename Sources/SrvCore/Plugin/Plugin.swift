@@ -46,6 +46,14 @@ public final class Plugin {
             throw PluginError.descriptorTooSmall(path: shown, found: size, expected: GatewayABI.minimumDescriptorSize)
         }
         guard let entry = dlsym(handle, SRV_APP_SYMBOL) else { throw PluginError.missingEntryPoint(path: shown) }
+        if let stamp = dlsym(handle, SRV_SWIFT_TOOLCHAIN_SYMBOL) {
+            typealias StampFunction = @convention(c) () -> UnsafePointer<CChar>?
+            let found = unsafeBitCast(stamp, to: StampFunction.self)().map { String(cString: $0) } ?? "(unknown)"
+            let expected = GatewayABI.swiftToolchain
+            guard found == expected else {
+                throw PluginError.swiftToolchainMismatch(path: shown, found: found, expected: expected)
+            }
+        }
         let d = symbol.assumingMemoryBound(to: srv_descriptor.self)
         self.path = shown
         self.snapshot = snapshot

@@ -15,6 +15,7 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
     case abiMajorMismatch(path: String, found: Int)
     case abiMinorTooNew(path: String, found: Int)
     case descriptorTooSmall(path: String, found: Int, expected: Int)
+    case swiftToolchainMismatch(path: String, found: String, expected: String)
     case loadHookFailed(path: String, app: String, message: String)
     case crashed(path: String, signal: String)
     case hung(path: String, seconds: Double)
@@ -37,6 +38,7 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
         case .abiMajorMismatch: return "abi-major-mismatch"
         case .abiMinorTooNew: return "abi-minor-too-new"
         case .descriptorTooSmall: return "descriptor-too-small"
+        case .swiftToolchainMismatch: return "swift-toolchain-mismatch"
         case .loadHookFailed: return "load-hook-failed"
         case .crashed: return "crashed"
         case .hung: return "hung"
@@ -75,6 +77,8 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
             return "\(p): built for gateway ABI \(GatewayABI.major).\(f), newer than this srv's ABI \(abi). Upgrade srv or rebuild the plugin against this srv's srv/gateway.h."
         case .descriptorTooSmall(let p, let f, let e):
             return "\(p): srv_gateway_descriptor is \(f) bytes, expected at least \(e) for ABI \(GatewayABI.major).0. Declare it with SRV_DESCRIPTOR(...) from srv/gateway.h."
+        case .swiftToolchainMismatch(let p, let f, let e):
+            return "\(p): a Swift plugin built by Swift \(f), but this srv was built by Swift \(e); Swift has no stable ABI on Linux, so srv and its Swift plugins must come from one toolchain. Rebuild the plugin with Swift \(e) (or run an srv built by Swift \(f))."
         case .loadHookFailed(let p, let app, let m):
             return "\(p): the load hook of app '\(app)' failed: \(m)"
         case .crashed(let p, let s):

@@ -14,25 +14,16 @@ public struct Snapshot: Equatable, Codable {
 
     public var shortHash: String { String(hash.prefix(12)) }
 
-    /// The directory snapshots live in unless configured otherwise.
-    public static var defaultDirectory: String {
-        let base = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) } ?? "/tmp"
-        return "\(base)/srv-\(getuid())/snapshots"
-    }
-
-    /// Copies `source` into `directory` under its hash (atomically, with rename).
-    public static func take(of source: String, into directory: String = defaultDirectory) throws -> Snapshot {
+    /// Copies `source` into `directory` (which must exist) under its hash, atomically with
+    /// rename. A file already there is reused only when its content has the same hash.
+    public static func take(of source: String, into directory: String) throws -> Snapshot {
         let bytes: [UInt8]
         do { bytes = try readFile(source) } catch let e as PluginError { throw e }
-        var digest = [UInt8](repeating: 0, count: 32)
-        bytes.withUnsafeBytes { srv_sys_sha256($0.baseAddress, $0.count, &digest) }
-        let hash = digest.map { String(format2: $0) }.joined()
-        try makeDirectories(directory)
+        let hash = sha256(bytes)
         var base = source.split(separator: "/").last.map(String.init) ?? "plugin.so"
         if !base.hasSuffix(".so") { base += ".so" }
         let path = "\(directory)/\(hash.prefix(16))-\(base)"
-        var st = stat()
-        if stat(path, &st) == 0, Int(st.st_size) == bytes.count {
+        if let existing = try? readFile(path), existing.count == bytes.count, sha256(existing) == hash {
             return Snapshot(source: source, path: path, hash: hash)
         }
         let temp = "\(path).\(getpid()).tmp"
@@ -68,14 +59,26 @@ public struct Snapshot: Equatable, Codable {
         return out
     }
 
-    static func makeDirectories(_ path: String) throws {
-        var current = path.hasPrefix("/") ? "" : "."
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, 0o700) != 0 && errno != EEXIST {
-                throw PluginError.snapshotFailed(path: path, reason: "cannot create \(current): \(String(cString: strerror(errno)))")
-            }
+    static func sha256(_ bytes: [UInt8]) -> String {
+        var digest = [UInt8](repeating: 0, count: 32)
+        bytes.withUnsafeBytes { srv_sys_sha256($0.baseAddress, $0.count, &digest) }
+        return digest.map { String(format2: $0) }.joined()
+    }
+
+    /// Deletes the snapshot files in `directory` that are not in `keeping` (paths); returns
+    /// how many. Only the master that owns the directory calls it.
+    @discardableResult
+    public static func removeUnreferenced(in directory: String, keeping: Set<String>) -> Int {
+        guard let dir = opendir(directory) else { return 0 }
+        defer { closedir(dir) }
+        var removed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name.hasSuffix(".so") || name.hasSuffix(".tmp") else { continue }
+            let path = "\(directory)/\(name)"
+            if !keeping.contains(path), unlink(path) == 0 { removed += 1 }
         }
+        return removed
     }
 }
 

@@ -13,9 +13,9 @@ public enum AppsDirectory {
         return name
     }
 
-    public static func scan(_ dir: String, logger: Logger) -> [Settings.Mount] {
+    public static func scan(_ dir: String, logger: Logger?) -> [Settings.Mount] {
         guard let files = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
-            logger.error("--apps-dir \(dir): cannot read the directory")
+            logger?.error("--apps-dir \(dir): cannot read the directory")
             return []
         }
         var mounts: [String: Settings.Mount] = [:]

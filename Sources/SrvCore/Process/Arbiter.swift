@@ -70,11 +70,20 @@ public final class Arbiter {
     let notify = SystemdNotify()
     var watcher: AppWatcher?
     let startedAt = Date()
+    /// The status file and snapshots live here (RuntimeDirectory).
+    let runtimeDirectory: String
+    /// Where snapshots of all masters of this user live, and this master's own part of it:
+    /// only this master adds or deletes files there.
+    let snapshotRoot: String
+    let snapshotDirectory: String
 
     public init(configuration: ConfigurationSource, settings: Settings) {
         self.configuration = configuration
         self.settings = settings
         self.logger = ErrorLog.logger(label: "srv.master", level: Logger.Level(setting: settings.logLevel))
+        runtimeDirectory = settings.runtimeDirectory ?? RuntimeDirectory.defaultPath
+        snapshotRoot = settings.snapshotDirectory ?? "\(runtimeDirectory)/snapshots"
+        snapshotDirectory = "\(snapshotRoot)/master-\(getpid())"
     }
 
     // MARK: - Life
@@ -87,13 +96,14 @@ public final class Arbiter {
         signalFD = handled.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
         guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }
         do {
+            try prepareRuntimeFiles()
             listeners = try openListeners()
         } catch {
             logger.critical("\(error)")
             return 1
         }
         if let pidFile = settings.pidFile { writePidFile(pidFile) }
-        logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { "http://\($0.boundDescription)" }.joined(separator: ", "))")
+        logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? "")")
         guard let first = prepareGeneration(settings: settings, previous: nil) else {
             logger.critical("no application could be loaded; nothing to serve")
             cleanup()
@@ -165,6 +175,7 @@ public final class Arbiter {
         }
         // The status file and Unix socket files belong to the new master after USR2.
         if reexecChild == nil || settings.statusFile == nil { unlink(statusPath) }
+        try? FileManager.default.removeItem(atPath: snapshotDirectory)
         if reexecChild == nil {
             for l in listeners { if case .unix(let path) = l.address { unlink(path) } }
         }
@@ -227,8 +238,44 @@ public final class Arbiter {
         }
         return try settings.effectiveBinds.map { text -> Listener in
             guard case .success(let address) = BindAddress.parse(text) else { throw SpawnError(description: "invalid bind \(text)") }
-            return try Listener.open(address, backlog: settings.backlog)
+            return try Listener.open(address, backlog: settings.backlog, umask: settings.umask)
         }
+    }
+
+    /// The runtime directory, the snapshot directories (owned by the workers' user, 0700),
+    /// and, when the workers drop to --user, log files they can append to (as Gunicorn does).
+    private func prepareRuntimeFiles() throws {
+        let me = geteuid()
+        let owner = settings.workerUID ?? me
+        // Workers of another user must pass through the runtime directory to the snapshots.
+        try RuntimeDirectory.prepare(runtimeDirectory, owner: me, mode: owner == me ? 0o700 : 0o711, exactMode: false,
+                                     what: "runtime directory")
+        try RuntimeDirectory.prepare(snapshotRoot, owner: owner, mode: 0o700, exactMode: true, what: "snapshot directory")
+        removeSnapshotsOfDeadMasters()
+        try RuntimeDirectory.prepare(snapshotDirectory, owner: owner, mode: 0o700, exactMode: true, what: "snapshot directory")
+        if me == 0, let uid = settings.workerUID {
+            for path in [settings.errorLogFile, settings.accessLogFile].compactMap({ $0 }) where path != "-" {
+                let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+                if fd >= 0 { _ = fchown(fd, uid, settings.workerGID ?? UInt32.max); close(fd) }
+            }
+        }
+    }
+
+    /// A master that was killed leaves its snapshots behind; the next one removes them.
+    private func removeSnapshotsOfDeadMasters() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: snapshotRoot) else { return }
+        for name in names where name.hasPrefix("master-") {
+            guard let pid = pid_t(name.dropFirst(7)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: "\(snapshotRoot)/\(name)")
+            logger.debug("removed the snapshots of master \(pid), which is gone")
+        }
+    }
+
+    /// Deletes the snapshots no generation of this master can start workers from any more.
+    private func removeUnreferencedSnapshots() {
+        let kept = Set(([current, pending].compactMap { $0 }).flatMap { $0.apps.map { $0.snapshot.path } })
+        let removed = Snapshot.removeUnreferenced(in: snapshotDirectory, keeping: kept)
+        if removed > 0 { logger.debug("removed \(removed) snapshot(s) no generation uses") }
     }
 
     private func inheritedListener(fd: Int32) -> Listener {
@@ -262,13 +309,18 @@ public final class Arbiter {
         let settingsJSON = String(decoding: (try? encoder.encode(generation.settings)) ?? Data(), as: UTF8.self)
         let appsJSON = String(decoding: (try? encoder.encode(generation.apps)) ?? Data(), as: UTF8.self)
         do {
+            var environment = [
+                WorkerChannel.settingsVariable: settingsJSON,
+                WorkerChannel.appsVariable: appsJSON,
+                WorkerChannel.generationVariable: String(generation.number),
+                WorkerChannel.listenersVariable: String(listeners.count),
+            ]
+            for pair in generation.settings.environment {
+                let eq = pair.firstIndex(of: "=")!
+                environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+            }
             let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listeners.map { $0.fd },
-                                    extraEnvironment: [
-                                        WorkerChannel.settingsVariable: settingsJSON,
-                                        WorkerChannel.appsVariable: appsJSON,
-                                        WorkerChannel.generationVariable: String(generation.number),
-                                        WorkerChannel.listenersVariable: String(listeners.count),
-                                    ],
+                                    extraEnvironment: environment,
                                     removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_OLD_MASTER_PID"])
             close(pipe.write)
             _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
@@ -532,6 +584,7 @@ public final class Arbiter {
         lastReloadError = reason
         killGeneration(g)
         pending = nil
+        removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
         notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(current?.number ?? 0) keeps serving")
     }
@@ -551,6 +604,7 @@ public final class Arbiter {
         lastReloadError = nil
         bootFailures = 0
         for w in workers.values where w.generation !== g { terminate(w) }
+        removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
         logger.info("generation \(g.number) ready (\(g.versions)); retiring generation \(old?.number ?? 0)")
         notify.send("READY=1\nSTATUS=serving generation \(g.number): \(g.versions)")
@@ -571,14 +625,14 @@ public final class Arbiter {
             let isDirectoryApp = !explicit.contains(mount)
             let old = previous?.apps.first(where: { $0.prefix == mount.prefix })
             do {
-                let snapshot = try Snapshot.take(of: mount.path, into: settings.snapshotDirectory)
+                let snapshot = try Snapshot.take(of: mount.path, into: snapshotDirectory)
                 if let old = old, old.snapshot.hash == snapshot.hash {
                     apps.append(old)
                     continue
                 }
                 if isDirectoryApp || (previous == nil && explicit.count + discovered.count > 1) {
                     // Check a new or changed build in a child first, so it cannot sink the rest.
-                    let report = PluginCheck.run(path: snapshot.path, snapshotDirectory: settings.snapshotDirectory,
+                    let report = PluginCheck.run(path: snapshot.path, snapshotDirectory: snapshotDirectory,
                                                  timeout: settings.bootTimeout)
                     if !report.valid {
                         let message = (report.error ?? "invalid").replacingSnapshot(snapshot.path, with: mount.path)
@@ -633,7 +687,7 @@ public final class Arbiter {
 
     // MARK: - Status
 
-    var statusPath: String { settings.statusFile ?? ArbiterStatus.path(forMaster: getpid()) }
+    var statusPath: String { settings.statusFile ?? "\(runtimeDirectory)/\(ArbiterStatus.fileName(forMaster: getpid()))" }
 
     private func writePidFile(_ path: String) {
         let text = "\(getpid())\n"
@@ -666,7 +720,8 @@ public final class Arbiter {
         }
         if let data = try? JSONEncoder().encode(status) {
             let temp = statusPath + ".tmp"
-            if FileManager.default.createFile(atPath: temp, contents: data) { rename(temp, statusPath) }
+            // 0600: it names the requests in flight; root's `srv status` reads any master's.
+            if FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600]) { rename(temp, statusPath) }
         }
     }
 }

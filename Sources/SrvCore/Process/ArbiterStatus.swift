@@ -25,14 +25,14 @@ public struct ArbiterStatus: Codable {
     public var lastReloadError: String?
     public var workers: [WorkerStatus]
 
-    public static var directory: String {
-        let base = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) } ?? "/tmp"
-        return "\(base)/srv-\(getuid())"
-    }
+    /// The status file's name in its master's runtime directory.
+    public static func fileName(forMaster pid: pid_t) -> String { "master-\(pid).json" }
 
-    public static func path(forMaster pid: pid_t) -> String {
-        try? Snapshot.makeDirectories(directory)
-        return "\(directory)/master-\(pid).json"
+    /// True for `master-PID.json` whose master still runs (a signal may be refused, for
+    /// another user's master, but it exists).
+    public static func isStatusFileOfLiveMaster(_ name: String) -> Bool {
+        guard name.hasPrefix("master-"), name.hasSuffix(".json"), let pid = pid_t(name.dropFirst(7).dropLast(5)) else { return false }
+        return kill(pid, 0) == 0 || errno == EPERM
     }
 
     /// Human-readable form.

@@ -10,6 +10,9 @@ public enum BindAddress: Equatable, CustomStringConvertible {
     }
 
     public static func parse(_ text: String) -> Result<BindAddress, ParseError> {
+        if let scheme = text.range(of: "://") {
+            return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT, [IPv6]:PORT or unix:PATH without a scheme, found \"\(text[..<scheme.upperBound])\"; write for example -b \(text[scheme.upperBound...].prefix { $0 != "/" })"))
+        }
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
             if path.isEmpty { return .failure(ParseError(description: "bind \"\(text)\": expected unix:PATH, found no path")) }
@@ -34,6 +37,9 @@ public enum BindAddress: Equatable, CustomStringConvertible {
             host = "0.0.0.0"
             portText = text
         }
+        if host.contains("/") || host.contains(" ") {
+            return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT with a host name or address, found host \"\(host)\" (a Unix socket is unix:PATH)"))
+        }
         guard let port = Int(portText), (0...65535).contains(port) else {
             return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT with a port from 0 to 65535 (or unix:PATH), found port \"\(portText)\""))
         }
@@ -44,6 +50,17 @@ public enum BindAddress: Equatable, CustomStringConvertible {
         switch self {
         case .tcp(let h, let p): return h.contains(":") ? "[\(h)]:\(p)" : "\(h):\(p)"
         case .unix(let p): return "unix:\(p)"
+        }
+    }
+
+    /// The address with what it means, for `--check-config` and the start log:
+    /// `-b 8000` and `-b :8000` both listen on every IPv4 address.
+    public var explained: String {
+        switch self {
+        case .tcp("0.0.0.0", _): return "\(description) (every IPv4 address of this machine)"
+        case .tcp("::", _): return "\(description) (every IPv6 address of this machine)"
+        case .tcp(let h, _) where h.hasPrefix("127.") || h == "::1" || h == "localhost": return "\(description) (this machine only)"
+        default: return description
         }
     }
 }
@@ -58,7 +75,8 @@ public struct Listener {
     }
 
     /// Creates, binds and listens (SOCK_CLOEXEC: only spawn's explicit dup2 passes it on).
-    public static func open(_ address: BindAddress, backlog: Int) throws -> Listener {
+    /// - Parameter umask: the mode mask of a Unix socket file (its mode is 0777 & ~umask).
+    public static func open(_ address: BindAddress, backlog: Int, umask mask: Int = 0) throws -> Listener {
         switch address {
         case .unix(let path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -76,9 +94,12 @@ public struct Listener {
             // A stale socket file from a previous run would make bind fail.
             var st = stat()
             if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+            // bind creates the socket file with 0777 less the umask: set srv's mask for it.
+            let previous = umask(mode_t(mask))
             let rc = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
+            umask(previous)
             guard rc == 0 else {
                 let e = String(cString: strerror(errno)); close(fd)
                 throw BindError(description: "cannot bind unix:\(path): \(e)")
@@ -144,5 +165,13 @@ public struct Listener {
             port = UInt16(bigEndian: sin6.pointee.sin6_port)
             return "[\(String(cString: text))]:\(port)"
         }
+    }
+}
+
+extension Result {
+    /// The success value, or `fallback` for a failure.
+    func get(or fallback: Success) -> Success {
+        if case .success(let v) = self { return v }
+        return fallback
     }
 }

@@ -69,6 +69,13 @@ public enum WorkerProcess {
             FileHandle.standardError.write(Data("srv worker: expected to be started by the srv master (missing \(WorkerChannel.settingsVariable)); run `srv --app FILE.so` instead\n".utf8))
             exit(2)
         }
+        // Privileges go before any application code runs: load hooks run as --user too.
+        if let problem = Identity.drop(uid: settings.workerUID, gid: settings.workerGID) {
+            send(.failed(reason: "user", message: "cannot switch the worker to uid \(settings.workerUID.map(String.init) ?? "-") gid \(settings.workerGID.map(String.init) ?? "-"): \(problem)"))
+            exit(3)
+        }
+        // Changing credentials clears the parent-death signal: set it again.
+        _ = srv_sys_set_parent_death_signal(SIGTERM)
         let generation = Int(env[WorkerChannel.generationVariable] ?? "") ?? 1
         let listenerCount = Int(env[WorkerChannel.listenersVariable] ?? "") ?? 0
         try? ErrorLog.shared.configure(path: settings.errorLogFile)
@@ -106,7 +113,14 @@ public enum WorkerProcess {
 
         var accessLog: AccessLog?
         if let path = settings.accessLogFile {
-            accessLog = try? AccessLog(path: path, format: settings.accessLogFormat)
+            do {
+                accessLog = try AccessLog(path: path, format: settings.accessLogFormat)
+            } catch {
+                let message = "cannot open the access log \(path) as uid \(getuid()): \(error); check its owner and mode"
+                logger.error("\(message)")
+                send(.failed(reason: "access-log", message: message))
+                exit(3)
+            }
         }
         let scoreboard = Scoreboard(fd: WorkerChannel.scoreboardFD)
         let server = WorkerServer(settings: settings, apps: mounted, logger: logger, scoreboard: scoreboard,

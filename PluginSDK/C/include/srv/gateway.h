@@ -49,6 +49,14 @@ extern "C" {
 /** Names of the two exported symbols. */
 #define SRV_DESCRIPTOR_SYMBOL "srv_gateway_descriptor"
 #define SRV_APP_SYMBOL "srv_gateway_app"
+/*
+ * Swift plugins only: `const char *srv_swift_toolchain(void)`, exported by the Swift SDK,
+ * returns the version of the Swift compiler that built the plugin ("6.3.1"). srv refuses a
+ * plugin whose toolchain differs from its own before calling any other of its code (one
+ * Swift runtime per process; no stable Swift ABI on Linux). C, C++, Rust and Zig plugins
+ * do not define it.
+ */
+#define SRV_SWIFT_TOOLCHAIN_SYMBOL "srv_swift_toolchain"
 
 /** Return values of the application, the load hook, write and the iterator. */
 #define SRV_OK 0
