@@ -104,7 +104,7 @@ INSTALL_ROOT     = $(DESTDIR)$(PREFIX)
 SWIFT_PLUGIN_RUNTIME := libswift_Concurrency.so libswift_StringProcessing.so libswift_RegexParser.so \
 	libswiftSynchronization.so libswiftGlibc.so libFoundation.so libFoundationEssentials.so \
 	libFoundationInternationalization.so libFoundationNetworking.so libFoundationXML.so \
-	lib_FoundationICU.so libdispatch.so libBlocksRuntime.so libswiftDispatch.so \
+	lib_FoundationICU.so libdispatch.so libBlocksRuntime.so libswiftDispatch.so libswiftSwiftOnoneSupport.so \
 	libswift_Builtin_float.so libswift_math.so
 SRV_HEADERS     := $(notdir $(wildcard PluginSDK/C/include/srv/*.h))
 INSTALL_EXAMPLES := systemd nginx

@@ -44,7 +44,7 @@ final class SettingsTests: XCTestCase {
         // The master hands workers their settings as JSON.
         var s = Settings()
         s.mounts = [.init(prefix: "/blog", path: "/srv/libblog.so")]
-        s.forwardedAllowIPs = AddressList(parsing: "10.0.0.1, 10.0.0.2")
+        s.forwardedAllowIPs = try AddressList(parsing: "10.0.0.1, 10.0.0.2")
         s.accessLogFormat = AccessLogFormat("%(h)s %(s)s")
         let data = try JSONEncoder().encode(s)
         XCTAssertEqual(try JSONDecoder().decode(Settings.self, from: data), s)

@@ -58,7 +58,7 @@ public struct AddressList: Codable, Equatable {
     func contains(_ address: String) -> Bool {
         if matchers.contains(.any) { return true }
         guard var (family, bytes) = AddressList.numeric(address) else { return false }
-        if family == AF_INET6, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff {
+        if family == AF_INET6, AddressList.isMapped(bytes) {
             family = AF_INET
             bytes = Array(bytes[12...])
         }
@@ -78,10 +78,16 @@ public struct AddressList: Codable, Equatable {
             guard let p = Int(entry[entry.index(after: slash)...]) else { return nil }
             prefix = p
         }
-        guard let (family, bytes) = numeric(String(address)) else { return nil }
+        guard var (family, bytes) = numeric(String(address)) else { return nil }
         let bits = bytes.count * 8
-        let p = prefix ?? bits
+        var p = prefix ?? bits
         guard (0...bits).contains(p) else { return nil }
+        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps.
+        if family == AF_INET6, p >= 96, isMapped(bytes) {
+            family = AF_INET
+            bytes = Array(bytes[12...])
+            p -= 96
+        }
         return .network(family: family, bytes: bytes, prefix: p)
     }
 
@@ -95,6 +101,10 @@ public struct AddressList: Codable, Equatable {
             return (AF_INET6, withUnsafeBytes(of: &v6) { Array($0) })
         }
         return nil
+    }
+
+    private static func isMapped(_ bytes: [UInt8]) -> Bool {
+        bytes.count == 16 && bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff
     }
 
     private static func samePrefix(_ a: [UInt8], _ b: [UInt8], bits: Int) -> Bool {

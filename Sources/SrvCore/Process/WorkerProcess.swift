@@ -98,8 +98,12 @@ public enum WorkerProcess {
                 try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 0, multiprocess: settings.workers > 1)
                 mounted.append(MountedApp(mount: app.prefix, plugin: plugin))
             } catch let e as PluginError {
-                logger.error("\(e)")
-                send(.failed(reason: e.reason, message: e.description))
+                var message = e.description
+                if case .unreadable = e, let uid = settings.workerUID {
+                    message += " The workers run as uid \(uid): the snapshot \(app.snapshot.path) and every directory above it must be readable by that user."
+                }
+                logger.error("\(message)")
+                send(.failed(reason: e.reason, message: message))
                 exit(3)
             } catch let e as WorkerBootError {
                 logger.error("\(e.message)")
