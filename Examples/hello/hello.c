@@ -5,7 +5,7 @@
  *   cc -std=c99 -shared -fPIC -fvisibility=hidden -I PluginSDK/C/include -o libhello.so \
  *      Examples/hello/hello.c
  * Run:
- *   srv serve ./libhello.so
+ *   srv --app ./libhello.so
  *
  * Nothing is allocated per request: the headers and the body are static constants, so
  * the body needs no close.

@@ -86,6 +86,8 @@ final class SnapshotTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let source = "\(dir)/libx.so"
         FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
+        // The caller prepares the directory (the master: RuntimeDirectory.prepare, 0700).
+        try FileManager.default.createDirectory(atPath: "\(dir)/snaps", withIntermediateDirectories: true)
         let s = try Snapshot.take(of: source, into: "\(dir)/snaps")
         // SHA-256("abc"), FIPS 180-2 appendix B.1.
         XCTAssertEqual(s.hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
