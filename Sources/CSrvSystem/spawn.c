@@ -18,10 +18,12 @@ int srv_sys_spawn(const char *path, char *const argv[], char *const envp[], cons
     int rc, i;
 
     if (nfds < 0 || nfds > 64) return EINVAL;
-    /* dup2(fd, fd) would not clear FD_CLOEXEC, so move every source fd above the targets. */
+    /* dup2(fd, fd) would not clear FD_CLOEXEC, so move every source fd above the targets
+     * (3 .. 3+nfds-1): the lowest free descriptor from 3+nfds on, so that a low
+     * RLIMIT_NOFILE still leaves room. */
     for (i = 0; i < nfds; i++) temps[i] = -1;
     for (i = 0; i < nfds; i++) {
-        temps[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + nfds + 64);
+        temps[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + nfds);
         if (temps[i] < 0) { rc = errno; goto close_temps; }
     }
     posix_spawn_file_actions_init(&actions);

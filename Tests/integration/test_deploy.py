@@ -299,3 +299,44 @@ def test_a_snapshot_directory_of_another_user_is_refused(tmp_path):
                           "--runtime-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1, out
     assert f"found uid {user.pw_uid}" in out.stderr, out.stderr
+
+
+# MARK: - srv's own errors are logged
+
+def test_a_connection_srv_cannot_set_up_is_logged_as_a_warning(tmp_path):
+    """Out of descriptors, a new connection is closed by srv: the log says so, at warning
+    level and not once per connection."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    port = free_port()
+    log = open(tmp_path / "log", "wb")
+    p = subprocess.Popen([SRV, "--app", plugin("hello"), "-b", f"127.0.0.1:{port}",
+                          "--snapshot-dir", str(tmp_path / "snaps"), "--runtime-dir", str(tmp_path / "run")],
+                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit)
+    conns = []
+    try:
+        deadline = time.time() + 30
+        while "ready" not in (tmp_path / "log").read_text() and time.time() < deadline:
+            time.sleep(0.05)
+        assert "64 open files per process" in (tmp_path / "log").read_text()
+        for _ in range(100):
+            try:
+                conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break
+        deadline = time.time() + 20
+        while time.time() < deadline and "cannot set up a new connection" not in (tmp_path / "log").read_text():
+            time.sleep(0.1)
+        text = (tmp_path / "log").read_text()
+        warnings = [l for l in text.splitlines() if "cannot set up a new connection" in l]
+        assert warnings and all("[WARNING]" in l for l in warnings), text
+        assert len(warnings) <= 3, "the same error is reported once per interval, not per connection"
+    finally:
+        for c in conns:
+            c.close()
+        p.terminate()
+        p.wait(timeout=30)
+        log.close()

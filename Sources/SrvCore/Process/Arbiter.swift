@@ -103,7 +103,8 @@ public final class Arbiter {
             return 1
         }
         if let pidFile = settings.pidFile { writePidFile(pidFile) }
-        logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? "")")
+        let files = raiseFileLimit()
+        logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? ""); \(files) open files per process")
         guard let first = prepareGeneration(settings: settings, previous: nil) else {
             logger.critical("no application could be loaded; nothing to serve")
             cleanup()
@@ -193,13 +194,13 @@ public final class Arbiter {
         case SIGTERM:
             if case .no = stopping {
                 logger.info("TERM: stopping gracefully (up to \(settings.gracefulTimeout) s)")
-                notify.send("STOPPING=1")
+                announceStopping()
                 stopping = .graceful(deadline: Date().addingTimeInterval(settings.gracefulTimeout + 1))
                 for w in workers.values { terminate(w) }
             }
         case SIGINT, SIGQUIT:
             logger.info("\(sig == SIGINT ? "INT" : "QUIT"): stopping now")
-            notify.send("STOPPING=1")
+            announceStopping()
             stopping = .fast
             for w in workers.values { kill(w.pid, SIGQUIT) }
         case SIGTTIN:
@@ -221,6 +222,13 @@ public final class Arbiter {
         default:
             break
         }
+    }
+
+    /// Tells systemd the service stops, unless a new master (USR2) took over: with
+    /// NotifyAccess=all systemd would take the retiring master's STOPPING=1 for the
+    /// service's and stop the new master too.
+    private func announceStopping() {
+        if reexecChild == nil { notify.send("STOPPING=1") }
     }
 
     // MARK: - Workers
@@ -259,6 +267,20 @@ public final class Arbiter {
                 if fd >= 0 { _ = fchown(fd, uid, settings.workerGID ?? UInt32.max); close(fd) }
             }
         }
+    }
+
+    /// Raises the soft limit of open files to the hard one (as nginx's worker_rlimit_nofile
+    /// and Gunicorn do): each connection is a descriptor, and workers inherit the limit.
+    /// - Returns: the limit now in force.
+    private func raiseFileLimit() -> UInt {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return UInt(limit.rlim_cur)
     }
 
     /// A master that was killed leaves its snapshots behind; the next one removes them.
