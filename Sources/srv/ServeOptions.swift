@@ -20,6 +20,8 @@ struct ServeOptions: ParsableArguments {
     var threads: Int?
     @Option(name: .customLong("keep-alive"), help: "Seconds to keep an idle connection open (default 2).")
     var keepAlive: Double?
+    @Option(name: .customLong("body-timeout"), help: "Seconds a request body may pause between bytes before srv answers 408 (nginx's client_body_timeout; default 60).")
+    var bodyTimeout: Double?
     @Option(name: .customLong("limit-request-line"), help: "Maximum request line size in bytes, 0 for unlimited (default 4094).")
     var limitRequestLine: Int?
     @Option(name: .customLong("limit-request-fields"), help: "Maximum number of header fields (default 100).")
@@ -83,7 +85,7 @@ struct ServeOptions: ParsableArguments {
 
     /// The long names a config file may use.
     static let settingNames: Set<String> = [
-        "app", "mount", "apps-dir", "bind", "backlog", "workers", "threads", "keep-alive", "limit-request-line",
+        "app", "mount", "apps-dir", "bind", "backlog", "workers", "threads", "keep-alive", "body-timeout", "limit-request-line",
         "limit-request-fields", "limit-request-field-size", "limit-request-body", "body-memory-limit", "spool-dir",
         "forwarded-allow-ips", "proxy-protocol", "proxy-allow-from", "access-logfile", "access-logformat",
         "error-logfile", "log-level", "pid", "timeout", "graceful-timeout", "boot-timeout", "max-requests",
@@ -113,6 +115,7 @@ struct ServeOptions: ParsableArguments {
         if let v = workers { s.workers = v }
         if let v = threads { s.threads = v }
         if let v = keepAlive { s.keepAlive = v }
+        if let v = bodyTimeout { s.bodyTimeout = v }
         if let v = limitRequestLine { s.limitRequestLine = v }
         if let v = limitRequestFields { s.limitRequestFields = v }
         if let v = limitRequestFieldSize { s.limitRequestFieldSize = v }

@@ -17,6 +17,8 @@ public struct Settings: Codable, Equatable {
     public var workers = 1
     public var threads = 0
     public var keepAlive = 2.0
+    /// The longest pause between two reads of a request body (nginx's client_body_timeout).
+    public var bodyTimeout = 60.0
     public var limitRequestLine = 4094
     public var limitRequestFields = 100
     public var limitRequestFieldSize = 8190
@@ -74,6 +76,7 @@ public struct Settings: Codable, Equatable {
         if workers < 1 { problems.append("workers: expected at least 1, found \(workers)") }
         if threads < 0 { problems.append("threads: expected 0 (inline) or more, found \(threads)") }
         if keepAlive < 0 { problems.append("keep-alive: expected seconds >= 0, found \(keepAlive)") }
+        if bodyTimeout <= 0 { problems.append("body-timeout: expected seconds > 0, found \(bodyTimeout)") }
         if limitRequestLine < 0 || limitRequestLine > 8190 {
             problems.append("limit-request-line: expected 0 (unlimited) to 8190, found \(limitRequestLine)")
         }

@@ -5,7 +5,8 @@ import NIOCore
 /// Sits on each listening channel and logs what NIO reports there: a connection that could
 /// not be set up (a socket option refused, no file descriptor left) is closed by NIO before
 /// srv's handler ever sees it, so without this nothing would say why clients were reset.
-/// The same error is logged at most once per `interval`, with a count of the repeats.
+/// The same error is logged at most once per `interval`, with a count of the repeats, and
+/// running out of descriptors pauses accepting briefly instead of spinning.
 final class AcceptErrorLogger: ChannelInboundHandler {
     typealias InboundIn = Channel
 
@@ -21,15 +22,37 @@ final class AcceptErrorLogger: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let io = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(io.errnoCode) {
+            pauseAccepting(context: context)
+        }
         let now = CoarseClock.now()
         if lastLogged != 0 && now &- lastLogged < interval {
             suppressed += 1
             return
         }
         let repeats = suppressed > 0 ? " (\(suppressed) more like it since the last report)" : ""
-        logger.warning("listener \(context.channel.localAddress.map { "\($0)" } ?? "?"): cannot set up a new connection, closing it: \(error)\(repeats)")
+        logger.warning("listener \(context.channel.localAddress.map { "\($0)" } ?? "?"): cannot set up a new connection: \(error)\(Self.advice(error))\(repeats)")
         lastLogged = now
         suppressed = 0
+    }
+
+    /// Out of descriptors (or memory), the pending connection stays in the queue and the
+    /// listener stays readable: accepting again at once would spin at 100% of a core. As
+    /// nginx does, srv stops accepting for a moment; connections wait in the queue.
+    private func pauseAccepting(context: ChannelHandlerContext) {
+        let channel = context.channel
+        guard (try? channel.syncOptions?.getOption(ChannelOptions.autoRead)) ?? false else { return }
+        try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+        channel.eventLoop.scheduleTask(in: Self.acceptPause) {
+            try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+            channel.read()
+        }
+    }
+    static let acceptPause = TimeAmount.milliseconds(250)
+
+    private static func advice(_ error: Error) -> String {
+        guard let io = error as? IOError, [EMFILE, ENFILE].contains(io.errnoCode) else { return "" }
+        return "; out of file descriptors: accepting pauses for 250 ms and connections wait in the listen queue (raise the limit: LimitNOFILE= in the unit, or ulimit -n)"
     }
 
     /// True for the errors that mean the peer went away (reset, broken pipe, timed out):

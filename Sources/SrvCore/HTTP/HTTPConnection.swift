@@ -250,6 +250,7 @@ final class HTTPConnection: ChannelInboundHandler {
         s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.head.valueComplete(); return 0 } }
         s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }
         s.pointee.on_body = { p, at, n in HTTPConnection.with(p) { $0.bodyData(at!, n) } }
+        s.pointee.on_chunk_header = { p in HTTPConnection.with(p) { $0.chunkHeader(p!) } }
         s.pointee.on_message_complete = { p in
             // As NIO's decoder does (llhttp issue 202): no stale length for the next message.
             p!.pointee.content_length = 0
@@ -338,6 +339,8 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     private func bodyData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        // A body that keeps arriving is not idle (--body-timeout times the pauses).
+        lastActivity = CoarseClock.now()
         guard case .readingBody = phase, let slot = slot else { return 0 }
         let limit = worker.limits.body
         if slot.requestBody.length + n > limit {
@@ -349,6 +352,19 @@ final class HTTPConnection: ChannelInboundHandler {
         do { try slot.requestBody.append(&chunk) } catch {
             worker.log(.error, "\(error)")
             return refuse(500, "srv could not store the request body")
+        }
+        return 0
+    }
+
+    /// A chunk's size is known before its bytes: a chunk that would take the body past
+    /// --limit-request-body is refused before any of it is read or spooled, as a
+    /// Content-Length over the limit is.
+    private func chunkHeader(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
+        guard case .readingBody = phase, let slot = slot else { return 0 }
+        let limit = worker.limits.body
+        let announced = p.pointee.content_length
+        if announced > UInt64(limit) || slot.requestBody.length + Int(announced) > limit {
+            return refuse(413, "the request body is larger than the limit of \(limit) bytes (--limit-request-body): a chunk of \(announced) bytes follows \(slot.requestBody.length)")
         }
         return 0
     }
@@ -771,16 +787,16 @@ final class HTTPConnection: ChannelInboundHandler {
         nioWrite(data, promise: promise, context: context)
     }
 
-    /// Hands `data` to NIO, counted until it completes (unless this connection never sends
-    /// directly), so that no direct send overtakes it.
+    /// Hands `data` to NIO, counted until it completes: no direct send may overtake it,
+    /// and a connection with bytes still to send is not idle.
     private func nioWrite(_ data: IOData, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
-        if case .unavailable = socketState {
-            context.write(wrapOutboundOut(data), promise: promise)
-            return
-        }
         let done = promise ?? context.eventLoop.makePromise(of: Void.self)
         nioWrites += 1
-        done.futureResult.whenComplete { _ in self.nioWrites -= 1 }
+        done.futureResult.whenComplete { _ in
+            self.nioWrites -= 1
+            // Idle time counts from the moment the last byte left.
+            if self.nioWrites == 0 { self.lastActivity = CoarseClock.now() }
+        }
         context.write(wrapOutboundOut(data), promise: done)
     }
 
@@ -815,13 +831,21 @@ final class HTTPConnection: ChannelInboundHandler {
             let idleFor = TimeAmount.nanoseconds(Int64(CoarseClock.now() &- self.lastActivity))
             let allowed: TimeAmount
             switch self.phase {
-            case .idle: allowed = limit
-            case .readingBody: allowed = .seconds(Int64(max(self.worker.settings.timeout, keepAlive)))
+            case .idle where self.nioWrites == 0: allowed = limit
+            case .readingBody: allowed = .nanoseconds(Int64(self.worker.settings.bodyTimeout * 1e9))
             default:
+                // Idle means nothing left to send: a slow reader keeps its connection.
                 self.armIdleTimer(context: context)
                 return
             }
             if idleFor >= allowed {
+                if case .readingBody = self.phase {
+                    let message = "the request body stalled: no byte for \(self.worker.settings.bodyTimeout) s (--body-timeout)"
+                    self.worker.log(.warning, "408 to \(self.info.remoteAddress) for \(self.head.methodString) \(self.head.targetString): \(message)")
+                    self.recycleSlot()
+                    self.reject(status: 408, message: message, context: context)
+                    return
+                }
                 self.phase = .closing
                 context.close(promise: nil)
             } else {

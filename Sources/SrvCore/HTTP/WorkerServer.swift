@@ -66,8 +66,6 @@ public final class WorkerServer {
     public func serve(listenerFDs: [Int32]) throws {
         for fd in listenerFDs {
             let bootstrap = ServerBootstrap(group: group)
-                // NIO calls listen() again on an inherited socket: keep the configured backlog.
-                .serverChannelOption(ChannelOptions.backlog, value: Int32(settings.backlog))
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(AcceptErrorLogger(logger: self.logger))
@@ -90,6 +88,10 @@ public final class WorkerServer {
                     }
                 }
             let channel = try bootstrap.withBoundSocket(fd).wait()
+            // NIO's server channel calls listen(fd, 128) when it adopts the socket, before
+            // any option applies (the backlog option only reaches later listens). listen on
+            // a listening socket sets its queue length again: --backlog is the length.
+            Glibc.listen(fd, Int32(settings.backlog))
             serverChannels.append(channel)
         }
         // The heartbeat shows the master that the event loop is not stuck.

@@ -37,7 +37,11 @@ final class AppWatcher {
     let fd: Int32
     private var lastChange: Date?
     private var delay: Double
-    private var watched: Set<String> = []
+    /// The directories watched, each with the identity (device, inode) of the directory
+    /// the watch is on: the path is what counts, so a directory replaced under the same
+    /// name (`mv apps apps.old; mkdir apps`) is watched anew.
+    private var watched: [String: (wd: Int32, dev: UInt, ino: UInt)] = [:]
+    private static let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB)
 
     init?(settings: Settings, logger: Logger) {
         fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
@@ -50,14 +54,38 @@ final class AppWatcher {
         delay = settings.reloadDelay
         var dirs = Set(settings.mounts.map { ($0.path as NSString).deletingLastPathComponent })
         if let d = settings.appsDir { dirs.insert(d) }
-        for d in dirs where !watched.contains(d) {
-            let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB)
-            if inotify_add_watch(fd, d.isEmpty ? "." : d, mask) >= 0 { watched.insert(d) }
+        for d in dirs where watched[d] == nil { watch(d) }
+    }
+
+    @discardableResult
+    private func watch(_ dir: String) -> Bool {
+        let path = dir.isEmpty ? "." : dir
+        var st = stat()
+        guard stat(path, &st) == 0 else { return false }
+        let wd = inotify_add_watch(fd, path, Self.mask)
+        guard wd >= 0 else { return false }
+        watched[dir] = (wd, UInt(st.st_dev), UInt(st.st_ino))
+        return true
+    }
+
+    /// A watched path that now names another directory (or none, or one that came back)
+    /// is watched again, and counts as a change.
+    private func followReplacedDirectories() {
+        for (dir, w) in watched {
+            var st = stat()
+            let exists = stat(dir.isEmpty ? "." : dir, &st) == 0
+            if exists && UInt(st.st_dev) == w.dev && UInt(st.st_ino) == w.ino { continue }
+            if !exists && w.wd < 0 { continue }  // still gone
+            if w.wd >= 0 { inotify_rm_watch(fd, w.wd) }
+            watched[dir] = nil
+            if exists { watch(dir) } else { watched[dir] = (-1, 0, 0) }
+            lastChange = Date()
         }
     }
 
     /// Drains events; true when a reload is due.
     func poll() -> Bool {
+        followReplacedDirectories()
         var buffer = [UInt8](repeating: 0, count: 8192)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
