@@ -12,6 +12,13 @@ import SrvGateway
 final class RequestSlot {
     enum State { case idle, awaitingStart, started, streaming }
 
+    /// Where an inline write() sends a large body at once (the connection).
+    protocol InlineOutput: AnyObject {
+        /// Sends `count` bytes (after whatever the connection holds for the client) before
+        /// returning; false when the client is gone or took nothing for --timeout.
+        func sendNow(_ bytes: UnsafeRawPointer, _ count: Int) -> Bool
+    }
+
     /// What the connection does with the response once the application has returned.
     enum Outcome {
         /// `out` is the whole response.
@@ -48,6 +55,15 @@ final class RequestSlot {
     /// instead of holding a large written body in memory.
     var streamingChannel: Channel?
     static let streamThreshold = 64 * 1024
+    /// Set while the app runs inline (without --threads): write() hands what has gathered
+    /// past `inlineBound` to the connection, which sends it before write() returns, so a
+    /// large written body never sits whole in the worker's memory. Unowned: the
+    /// connection outlives the call it is set for.
+    unowned(unsafe) var inlineOutput: InlineOutput?
+    static let inlineBound = 1 << 20
+    /// The client went away (or stopped reading) while write() sent inline: the rest of the
+    /// response has nowhere to go.
+    private(set) var clientGone = false
     /// Keeps the connection's strings (which environ points at) alive; replaced when the
     /// slot serves a request of another connection.
     private var connection: ConnectionInfo?
@@ -351,8 +367,16 @@ final class RequestSlot {
         case .streaming:
             break
         }
-        if rule != nil { return SRV_ERROR }
+        if rule != nil || clientGone { return SRV_ERROR }
         if len > 0, let data = data { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
+        if out.count >= Self.inlineBound, let output = inlineOutput {
+            guard output.sendNow(out.base, out.count) else {
+                clientGone = true
+                out.clear()
+                return SRV_ERROR
+            }
+            out.clear()
+        }
         if let channel = streamingChannel, out.count >= Self.streamThreshold {
             let buffer = out.byteBuffer(channel.allocator)
             out.clear()
@@ -447,6 +471,7 @@ final class RequestSlot {
     func begin() {
         state = .awaitingStart
         if rule != nil { rule = nil }
+        if clientGone { clientGone = false }
         status = 0
         bodyBytes = 0
         chunked = false
@@ -473,6 +498,11 @@ final class RequestSlot {
     /// Turns what the app returned into a response.
     func finish(_ rc: Int32) -> Outcome {
         var name: String { app?.plugin.name ?? "?" }
+        if clientGone {
+            closeBody()
+            keepAlive = false
+            return .abort
+        }
         if rc != SRV_OK { breakRule("app returned SRV_ERROR") }
         if state == .awaitingStart { breakRule("start_response not called") }
         // After a write the head and body bytes count as sent (GATEWAY.md "committed").

@@ -14,7 +14,7 @@ import SrvGateway
 /// a response is still streaming (an iterator or file body, or an app running on
 /// --threads) the rest of the input waits in `pending` and reads stop, so a client cannot
 /// make srv buffer without bound.
-final class HTTPConnection: ChannelInboundHandler {
+final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = IOData
 
@@ -532,7 +532,10 @@ final class HTTPConnection: ChannelInboundHandler {
                 loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
             }
         } else {
-            applicationReturned(slot.call(), slot: slot, context: context)
+            slot.inlineOutput = self
+            let rc = slot.call()
+            slot.inlineOutput = nil
+            applicationReturned(rc, slot: slot, context: context)
         }
     }
 
@@ -801,13 +804,14 @@ final class HTTPConnection: ChannelInboundHandler {
     }
 
     /// The descriptor for direct sends, looked up at a connection's second request, so
-    /// that one used once (Connection: close, a client that leaves) never pays for it.
-    private func directSocket(_ context: ChannelHandlerContext) -> CInt? {
+    /// that one used once (Connection: close, a client that leaves) never pays for it
+    /// (`now`: at once, for a large inline write).
+    private func directSocket(_ context: ChannelHandlerContext, now: Bool = false) -> CInt? {
         switch socketState {
         case .found(let fd): return fd
         case .unavailable: return nil
         case .notLookedUp:
-            guard requests >= 2 else { return nil }
+            guard requests >= 2 || now else { return nil }
             guard let fd = ChannelSocket.descriptor(of: context.channel) else {
                 worker.log(.debug, "cannot find the socket of \(context.channel); its responses go through NIO's write path")
                 socketState = .unavailable
@@ -816,6 +820,54 @@ final class HTTPConnection: ChannelInboundHandler {
             socketState = .found(fd)
             return fd
         }
+    }
+
+    // MARK: - Inline write(): a large body leaves while the app runs
+
+    /// Called from the app's write() on the event loop (inline mode, which blocks the loop
+    /// for the app's whole call anyway): sends what the connection holds, then `bytes`,
+    /// waiting for the socket with poll(2) so that the worker's memory stays bounded. The
+    /// wait is bounded by --timeout (the master kills a request past it in any case).
+    /// While NIO holds earlier writes for this connection, the bytes go behind them
+    /// through NIO instead: a direct send must not overtake them.
+    func sendNow(_ bytes: UnsafeRawPointer, _ count: Int) -> Bool {
+        guard let context = context, channel.isActive else { return false }
+        guard nioWrites == 0, let fd = directSocket(context, now: true) else {
+            flush(context: context)
+            var buffer = context.channel.allocator.buffer(capacity: count)
+            buffer.writeBytes(UnsafeRawBufferPointer(start: bytes, count: count))
+            nioWrite(.byteBuffer(buffer), promise: nil, context: context)
+            context.flush()
+            return true
+        }
+        if out.count > 0 {
+            guard sendBlocking(fd, out.base, out.count) else { return false }
+            out.reset()
+        }
+        return sendBlocking(fd, bytes, count)
+    }
+
+    private func sendBlocking(_ fd: CInt, _ bytes: UnsafeRawPointer, _ count: Int) -> Bool {
+        var sent = 0
+        var waitedSince: UInt64?
+        let patience = UInt64(worker.settings.timeout * 1e9)
+        while sent < count {
+            let n = Glibc.send(fd, bytes + sent, count - sent, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
+            if n > 0 {
+                sent += n
+                waitedSince = nil
+                continue
+            }
+            guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR else { return false }
+            let now = CoarseClock.now()
+            if let since = waitedSince, now &- since > patience { return false }
+            if waitedSince == nil { waitedSince = now }
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&pfd, 1, 1000)
+            worker.scoreboardPage?.heartbeat()
+        }
+        lastActivity = CoarseClock.now()
+        return true
     }
 
     // MARK: - Timers and shutdown
