@@ -30,6 +30,10 @@ int srv_sys_spawn(const char *path, char *const argv[], char *const envp[], cons
 /** pipe2(fds, O_CLOEXEC). */
 int srv_sys_pipe_cloexec(int fds[2]);
 
+/** accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): a worker that stops takes the
+ *  connections still waiting in a listen queue (accept4 needs _GNU_SOURCE). */
+int srv_sys_accept_nonblocking(int fd);
+
 /** Asks the kernel to send `sig` to this process when its parent exits. */
 int srv_sys_set_parent_death_signal(int sig);
 

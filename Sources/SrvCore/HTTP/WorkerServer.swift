@@ -23,6 +23,7 @@ public final class WorkerServer {
     let threadPool: NIOThreadPool?
     public let group: MultiThreadedEventLoopGroup
     private var serverChannels: [Channel] = []
+    private var listenerFDs: [Int32] = []
     private var freeSlots: [RequestSlot] = []
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     private var requestCounter: UInt64 = 0
@@ -78,26 +79,55 @@ public final class WorkerServer {
                 // A client may send its requests and then shut down its side (HTTP/1.0
                 // tools, `nc -N`): it still gets every answer (see HTTPConnection).
                 .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let sync = channel.pipeline.syncOperations
-                        if self.settings.proxyProtocol {
-                            try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
-                        }
-                        try sync.addHandler(HTTPConnection(worker: self, channel: channel))
-                    }
-                }
+                .childChannelInitializer { channel in self.initializeConnection(channel) }
             let channel = try bootstrap.withBoundSocket(fd).wait()
             // NIO's server channel calls listen(fd, 128) when it adopts the socket, before
             // any option applies (the backlog option only reaches later listens). listen on
             // a listening socket sets its queue length again: --backlog is the length.
             Glibc.listen(fd, Int32(settings.backlog))
             serverChannels.append(channel)
+            self.listenerFDs.append(fd)
         }
         // The heartbeat shows the master that the event loop is not stuck.
         scoreboardPage?.heartbeat()
         group.next().scheduleRepeatedTask(initialDelay: .milliseconds(500), delay: .milliseconds(500)) { _ in
             self.scoreboardPage?.heartbeat()
+        }
+    }
+
+    /// The pipeline of a client connection, accepted by NIO or by srv.
+    private func initializeConnection(_ channel: Channel) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture {
+            let sync = channel.pipeline.syncOperations
+            if self.settings.proxyProtocol {
+                try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
+            }
+            try sync.addHandler(HTTPConnection(worker: self, channel: channel))
+        }
+    }
+
+    /// Accepts every connection waiting in the listen queues and serves each (with
+    /// Connection: close): on a graceful stop they were accepted by the kernel on srv's
+    /// behalf, and closing the listener would reset them.
+    private func acceptQueuedConnections() {
+        for fd in listenerFDs {
+            while true {
+                let client = srv_sys_accept_nonblocking(fd)
+                if client < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    break  // EAGAIN: the queue is empty (or out of descriptors)
+                }
+                ClientBootstrap(group: group)
+                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                    .channelInitializer { channel in
+                        _ = try? channel.syncOptions?.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+                        return self.initializeConnection(channel)
+                    }
+                    .withConnectedSocket(client)
+                    .whenFailure { error in
+                        self.log(.warning, "cannot serve a connection accepted while stopping: \(error)")
+                    }
+            }
         }
     }
 
@@ -153,6 +183,7 @@ public final class WorkerServer {
         group.next().execute {
             guard !self.isShuttingDown else { return }
             self.isShuttingDown = true
+            self.acceptQueuedConnections()
             for ch in self.serverChannels { ch.close(promise: nil) }
             for c in self.connections.values { c.shutdownGracefully() }
             if self.connections.isEmpty { self.finishDraining() }

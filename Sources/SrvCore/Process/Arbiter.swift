@@ -196,6 +196,10 @@ public final class Arbiter {
                 logger.info("TERM: stopping gracefully (up to \(settings.gracefulTimeout) s)")
                 announceStopping()
                 stopping = .graceful(deadline: Date().addingTimeInterval(settings.gracefulTimeout + 1))
+                // The workers take what waits in the listen queues, then close their
+                // copies; once the last copy is closed a new client is refused at once,
+                // instead of being queued and reset when srv exits.
+                for l in listeners { close(l.fd) }
                 for w in workers.values { terminate(w) }
             }
         case SIGINT, SIGQUIT:
