@@ -14,6 +14,8 @@ struct ServeOptions: ParsableArguments {
     var bind: [String] = []
     @Option(name: .customLong("backlog"), help: "The listen backlog (default 2048).")
     var backlog: Int?
+    @Flag(name: .customLong("reuse-port"), help: "Give each worker a TCP listening socket of its own (SO_REUSEPORT): the kernel spreads new connections evenly; a worker that dies loses the connections waiting in its queue.")
+    var reusePort = false
     @Option(name: [.customShort("w"), .customLong("workers")], help: "Number of worker processes (default 1).")
     var workers: Int?
     @Option(name: .customLong("threads"), help: "Run the application on N threads per worker (thread-safe apps only). Default 0: inline on the event loop.")
@@ -85,7 +87,7 @@ struct ServeOptions: ParsableArguments {
 
     /// The long names a config file may use.
     static let settingNames: Set<String> = [
-        "app", "mount", "apps-dir", "bind", "backlog", "workers", "threads", "keep-alive", "body-timeout", "limit-request-line",
+        "app", "mount", "apps-dir", "bind", "backlog", "reuse-port", "workers", "threads", "keep-alive", "body-timeout", "limit-request-line",
         "limit-request-fields", "limit-request-field-size", "limit-request-body", "body-memory-limit", "spool-dir",
         "forwarded-allow-ips", "proxy-protocol", "proxy-allow-from", "access-logfile", "access-logformat",
         "error-logfile", "log-level", "pid", "timeout", "graceful-timeout", "boot-timeout", "max-requests",
@@ -112,6 +114,7 @@ struct ServeOptions: ParsableArguments {
         if let v = appsDir { s.appsDir = v }
         if !bind.isEmpty { s.binds = bind }
         if let v = backlog { s.backlog = v }
+        if reusePort { s.reusePort = true }
         if let v = workers { s.workers = v }
         if let v = threads { s.threads = v }
         if let v = keepAlive { s.keepAlive = v }

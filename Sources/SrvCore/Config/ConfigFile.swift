@@ -8,7 +8,7 @@ public enum ConfigFile {
     }
 
     /// Names that are switches: `reload = true` becomes `--reload`, `false` omits it.
-    public static let switches: Set<String> = ["reload", "proxy-protocol"]
+    public static let switches: Set<String> = ["reload", "proxy-protocol", "reuse-port"]
 
     /// One setting of the file: its line number, its name and the flag arguments it becomes.
     public struct Line {

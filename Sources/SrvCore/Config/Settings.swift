@@ -14,6 +14,8 @@ public struct Settings: Codable, Equatable {
     public var appsDir: String?
     public var binds: [String] = []
     public var backlog = 2048
+    /// One SO_REUSEPORT listening socket per worker (Gunicorn's --reuse-port).
+    public var reusePort = false
     public var workers = 1
     public var threads = 0
     public var keepAlive = 2.0

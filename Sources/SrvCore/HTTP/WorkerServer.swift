@@ -72,6 +72,9 @@ public final class WorkerServer {
                         try channel.pipeline.syncOperations.addHandler(AcceptErrorLogger(logger: self.logger))
                     }
                 }
+                // One accept per wake-up: every worker polls the shared listener, and one
+                // that took a whole burst would hold connections its siblings could serve.
+                .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
                 // TCP_NODELAY is an IPPROTO_TCP option: at SOL_SOCKET level its number (1)
                 // is SO_DEBUG, which needs CAP_NET_ADMIN and fails for every ordinary user.
                 .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)

@@ -250,7 +250,12 @@ public final class Arbiter {
         }
         return try settings.effectiveBinds.map { text -> Listener in
             guard case .success(let address) = BindAddress.parse(text) else { throw SpawnError(description: "invalid bind \(text)") }
-            return try Listener.open(address, backlog: settings.backlog, umask: settings.umask)
+            // With --reuse-port each worker gets a listening socket of its own (see
+            // workerListenerFDs); the master's holds the address without listening.
+            let reuse: Bool
+            if case .tcp = address { reuse = settings.reusePort } else { reuse = false }
+            return try Listener.open(address, backlog: settings.backlog, umask: settings.umask, reusePort: reuse,
+                                     listening: !reuse)
         }
     }
 
@@ -304,6 +309,25 @@ public final class Arbiter {
         if removed > 0 { logger.debug("removed \(removed) snapshot(s) no generation uses") }
     }
 
+    /// The listeners a new worker gets. With --reuse-port, a TCP listener is a socket of
+    /// the worker's own on the same address (SO_REUSEPORT), so the kernel spreads new
+    /// connections across the workers; `own` marks those, which the master closes once the
+    /// worker has them. Otherwise, and for Unix sockets and inherited ones, all share the
+    /// master's socket.
+    private func workerListenerFDs() -> [(fd: Int32, own: Bool)] {
+        listeners.map { l in
+            guard settings.reusePort, case .tcp = l.address, case .success(let bound) = BindAddress.parse(l.boundDescription) else {
+                return (l.fd, false)
+            }
+            do {
+                return (try Listener.open(bound, backlog: settings.backlog, reusePort: true).fd, true)
+            } catch {
+                logger.warning("--reuse-port: \(error); this worker shares the master's socket")
+                return (l.fd, false)
+            }
+        }
+    }
+
     private func inheritedListener(fd: Int32) -> Listener {
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         var storage = sockaddr_storage()
@@ -345,7 +369,9 @@ public final class Arbiter {
                 let eq = pair.firstIndex(of: "=")!
                 environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
             }
-            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listeners.map { $0.fd },
+            let listenerFDs = workerListenerFDs()
+            defer { for (fd, own) in listenerFDs where own { close(fd) } }
+            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
                                     extraEnvironment: environment,
                                     removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_OLD_MASTER_PID"])
             close(pipe.write)

@@ -75,8 +75,14 @@ public struct Listener {
     }
 
     /// Creates, binds and listens (SOCK_CLOEXEC: only spawn's explicit dup2 passes it on).
-    /// - Parameter umask: the mode mask of a Unix socket file (its mode is 0777 & ~umask).
-    public static func open(_ address: BindAddress, backlog: Int, umask mask: Int = 0) throws -> Listener {
+    /// - Parameters:
+    ///   - umask: the mode mask of a Unix socket file (its mode is 0777 & ~umask).
+    ///   - reusePort: set SO_REUSEPORT (TCP): several sockets share the address and the
+    ///     kernel spreads new connections across those that listen.
+    ///   - listening: false binds without listening (a reuse-port master's own socket, which
+    ///     holds the address but must not take a share of the connections).
+    public static func open(_ address: BindAddress, backlog: Int, umask mask: Int = 0, reusePort: Bool = false,
+                            listening: Bool = true) throws -> Listener {
         switch address {
         case .unix(let path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -124,6 +130,7 @@ public struct Listener {
             guard fd >= 0 else { throw BindError(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
             if info.pointee.ai_family == AF_INET6 {
                 setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
             }
@@ -131,7 +138,7 @@ public struct Listener {
                 let e = String(cString: strerror(errno)); close(fd)
                 throw BindError(description: "cannot bind \(address): \(e)\(errno == EADDRINUSE ? " (another process listens there; stop it or choose another port with -b)" : "")")
             }
-            guard listen(fd, Int32(backlog)) == 0 else {
+            guard !listening || listen(fd, Int32(backlog)) == 0 else {
                 let e = String(cString: strerror(errno)); close(fd)
                 throw BindError(description: "cannot listen on \(address): \(e)")
             }
