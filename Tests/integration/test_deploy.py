@@ -340,3 +340,37 @@ def test_a_connection_srv_cannot_set_up_is_logged_as_a_warning(tmp_path):
         p.terminate()
         p.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.root
+def test_root_finds_the_status_of_another_users_master(tmp_path):
+    """As with a systemd unit's DynamicUser: the master runs as another user with its
+    runtime directory in /run-like place; `srv status --pid FILE` run by root finds it."""
+    user = pwd.getpwnam(unprivileged_user())
+    run = f"/tmp/srv-status-other-{os.getpid()}"
+    home = tempfile.mkdtemp(prefix="srv-other-user-")
+    os.chmod(home, 0o755)
+    pidfile = os.path.join(home, "srv.pid")
+    os.chown(home, user.pw_uid, user.pw_gid)
+    port = free_port()
+    p = subprocess.Popen(["runuser", "-u", user.pw_name, "--", "env", f"RUNTIME_DIRECTORY={run}", SRV, "--app", plugin("hello"),
+                          "-b", f"127.0.0.1:{port}", "--pid", pidfile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        found = None
+        while time.time() < deadline:
+            if os.path.exists(pidfile):
+                out = srv("status", "--pid", pidfile, "--json", env={"RUNTIME_DIRECTORY": "", "XDG_RUNTIME_DIR": ""})
+                if out.returncode == 0:
+                    found = json.loads(out.stdout)
+                    break
+            time.sleep(0.2)
+        assert found, out
+        with open(pidfile) as f:
+            assert found["masterPID"] == int(f.read())
+        assert os.stat(run).st_uid == user.pw_uid
+    finally:
+        subprocess.run(["pkill", "-TERM", "-f", f"127.0.0.1:{port}"])
+        p.wait(timeout=30)
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
