@@ -668,6 +668,16 @@ static int route_write(srv_start_response_fn start_response, srv_body *body) {
     return SRV_OK;
 }
 
+/* /body-zeroed: the srv_body srv handed in, as GATEWAY.md promises it: zeroed but for size. */
+static int route_body_zeroed(srv_start_response_fn start_response, srv_body *body) {
+    int zeroed = body->size == sizeof(srv_body) && body->kind == SRV_BODY_EMPTY && body->data == NULL &&
+                 body->len == 0 && body->next == NULL && body->fd == 0 && body->offset == 0 &&
+                 body->length == 0 && body->ctx == NULL && body->close == NULL;
+    return respond_fmt(start_response, body, "200 OK", "%s size=%zu kind=%d fd=%d offset=%lld length=%lld\n",
+                       zeroed ? "zeroed" : "NOT-ZEROED", body->size, body->kind, body->fd,
+                       (long long)body->offset, (long long)body->length);
+}
+
 static int route_status(const srv_environ *env, srv_start_response_fn start_response,
                         srv_body *body) {
     char code[32], status[64];
@@ -760,6 +770,26 @@ static int route_error(const srv_environ *env, srv_start_response_fn start_respo
         owned_text_body(body, "x");
         return SRV_OK;
     }
+    if (str_is(what, "/error/twice-then-write")) {
+        /* Rule 'start_response called twice', then a write with the first call's write:
+         * nothing was sent, so the response is still a 500. */
+        srv_write_fn write = start_response("200 OK", text_plain, COUNT(text_plain), NULL);
+        start_response("201 Created", text_plain, COUNT(text_plain), NULL);
+        if (write != NULL) write("x", 1);
+        return SRV_OK;
+    }
+    if (str_is(what, "/error/empty-write-then-exc-info")) {
+        /* write(data, 0) commits nothing, so exc_info may still replace the response. */
+        srv_exc_info exc;
+        srv_write_fn write = start_response("200 OK", text_plain, COUNT(text_plain), NULL);
+        exc.size = sizeof exc;
+        exc.message = "recovering after an empty write";
+        if (write == NULL || write("", 0) != SRV_OK) return SRV_ERROR;
+        if (start_response("503 Service Unavailable", text_plain, COUNT(text_plain), &exc) == NULL)
+            return SRV_ERROR;
+        owned_text_body(body, "replaced\n");
+        return SRV_OK;
+    }
     if (str_is(what, "/error/bad-status")) {
         /* Rule 'invalid status'. */
         start_response("abc", text_plain, COUNT(text_plain), NULL);
@@ -772,6 +802,19 @@ static int route_error(const srv_environ *env, srv_start_response_fn start_respo
                                              HDR("X-Bad", "ok\r\nInjected: 1")};
         start_response("200 OK", headers, COUNT(headers), NULL);
         owned_text_body(body, "bad header\n");
+        return SRV_OK;
+    }
+    if (str_is(what, "/error/status-crlf")) {
+        /* Rule 'invalid status', with a status that tries to start a log line of its own. */
+        start_response("200 OK\r\n[2026-01-01 00:00:00 +0000] [1] [CRITICAL] forged", text_plain,
+                       COUNT(text_plain), NULL);
+        owned_text_body(body, "x\n");
+        return SRV_OK;
+    }
+    if (str_is(what, "/error/header-name-crlf")) {
+        static const srv_header headers[] = {HDR("X-A\r\n[CRITICAL] forged", "1")};
+        start_response("200 OK", headers, COUNT(headers), NULL);
+        owned_text_body(body, "x\n");
         return SRV_OK;
     }
     if (str_is(what, "/error/bad-header-name")) {
@@ -881,11 +924,17 @@ int srv_gateway_app(const srv_environ *environ, srv_start_response_fn start_resp
     if (str_is(path, "/write")) return route_write(start_response, body);
     if (str_is(path, "/write-big")) return route_write_big(env, start_response);
     if (str_is(path, "/status")) return route_status(env, start_response, body);
+    if (str_is(path, "/body-zeroed")) return route_body_zeroed(start_response, body);
     if (str_is(path, "/exc-info")) return route_exc_info(start_response, body);
     if (str_is(path, "/read-past")) return route_read_past(env, start_response, body);
     if (str_is(path, "/errors")) {
         static const char line[] = "conformance: hello from wsgi.errors";
         env->errors->write(line, sizeof line - 1);
+        return respond_static(start_response, body, "200 OK", "logged\n");
+    }
+    if (str_is(path, "/errors-lines")) {
+        static const char lines[] = "first line\nsecond line\n";
+        env->errors->write(lines, sizeof lines - 1);
         return respond_static(start_response, body, "200 OK", "logged\n");
     }
     if (str_is(path, "/thread")) return route_thread(env, start_response, body);

@@ -140,6 +140,14 @@ def server_pool():
     return start, stop_all
 
 
+@pytest.fixture(scope="module")
+def module_servers():
+    """start(args, **kw) starts a server that lives until the end of the module."""
+    start, stop_all = server_pool()
+    yield start
+    stop_all()
+
+
 @pytest.fixture
 def serve():
     """serve(args, workers=1, env=None) starts srv and stops it after the test."""

@@ -33,14 +33,6 @@ HOST = "Host: 127.0.0.1\r\n"
 # ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def module_servers():
-    """start(args, **kw) starts a server that lives until the end of the module."""
-    start, stop_all = server_pool()
-    yield start
-    stop_all()
-
-
-@pytest.fixture(scope="module")
 def app(module_servers, tmp_path_factory):
     """The conformance app with default settings (and an access log)."""
     tmp = str(tmp_path_factory.mktemp("app"))

@@ -8,6 +8,10 @@ public final class GatewayContext {
     let logger: Logger
     let bodyMemoryLimit: Int
     let spoolDirectory: String
+    /// The app runs on --threads pool threads: the callables are libffi closures.
+    let threaded: Bool
+    /// environ's multithread: another thread may call the app at the same time (more
+    /// than one pool thread; the thread-safety flag is checked at boot).
     let multithread: Bool
     let multiprocess: Bool
     let versionString = CString(GatewayABI.serverVersion)
@@ -15,12 +19,13 @@ public final class GatewayContext {
     let generation: CString
     let dateCache: DateCache
 
-    public init(logger: Logger, bodyMemoryLimit: Int, spoolDirectory: String, multithread: Bool,
+    public init(logger: Logger, bodyMemoryLimit: Int, spoolDirectory: String, threads: Int,
                 multiprocess: Bool, generation: Int, dateCache: DateCache) {
         self.logger = logger
         self.bodyMemoryLimit = bodyMemoryLimit
         self.spoolDirectory = spoolDirectory
-        self.multithread = multithread
+        self.threaded = threads > 0
+        self.multithread = threads > 1
         self.multiprocess = multiprocess
         self.workerPID = CString(String(getpid()))
         self.generation = CString(String(generation))

@@ -361,13 +361,17 @@ final class RequestSlot {
         case .idle, .awaitingStart:
             breakRule("write before start_response")
             return SRV_ERROR
-        case .started:
-            finalizeHead(contentLength: nil)
-            state = .streaming
-        case .streaming:
+        case .started, .streaming:
             break
         }
+        // A broken rule is checked before the response is committed: then it can still
+        // become a 500. The first write with len > 0 commits (GATEWAY.md); len 0 does nothing.
         if rule != nil || clientGone { return SRV_ERROR }
+        if len == 0 { return SRV_OK }
+        if state == .started {
+            finalizeHead(contentLength: nil)
+            state = .streaming
+        }
         if len > 0, let data = data { appendBody(UnsafeRawBufferPointer(start: data, count: len)) }
         if out.count >= Self.inlineBound, let output = inlineOutput {
             guard output.sendNow(out.base, out.count) else {
@@ -398,9 +402,11 @@ final class RequestSlot {
 
     func logError(_ msg: UnsafePointer<CChar>?, _ len: Int) {
         guard let msg = msg else { return }
-        var text = String(decoding: UnsafeRawBufferPointer(start: msg, count: len), as: UTF8.self)
-        while text.hasSuffix("\n") { text.removeLast() }
-        context.log(.error, "app \(app?.plugin.name ?? "?"): \(text)")
+        let text = String(decoding: UnsafeRawBufferPointer(start: msg, count: len), as: UTF8.self)
+        // One log line per line the app wrote, each with its prefix (the log escapes the rest).
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            context.log(.error, "app \(app?.plugin.name ?? "?"): \(line)")
+        }
     }
 
     // MARK: - Framing the response
@@ -478,10 +484,9 @@ final class RequestSlot {
         bodyless = false
         appContentLength = nil
         out.clear()
+        // Zeroed but for its size, as GATEWAY.md promises (a file body sets fd and length).
         var b = srv_body()
         b.size = MemoryLayout<srv_body>.size
-        b.fd = -1
-        b.length = -1
         body.pointee = b
         bodyClosed = false
     }
@@ -491,7 +496,7 @@ final class RequestSlot {
     func call() -> Int32 {
         // Without --threads one call runs at a time: start_response and write need no
         // closure then (see srv_sys_call_inline).
-        if !context.multithread { return srv_sys_call_inline(app!.plugin.app, &closures, environ, body) }
+        if !context.threaded { return srv_sys_call_inline(app!.plugin.app, &closures, environ, body) }
         return app!.plugin.app(environ, closures.start_response, body)
     }
 

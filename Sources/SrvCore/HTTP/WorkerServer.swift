@@ -57,7 +57,7 @@ public final class WorkerServer {
             threadPool = nil
         }
         gateway = GatewayContext(logger: logger, bodyMemoryLimit: settings.bodyMemoryLimit,
-                                 spoolDirectory: settings.spoolDirectory, multithread: settings.threads > 0,
+                                 spoolDirectory: settings.spoolDirectory, threads: settings.threads,
                                  multiprocess: multiprocess, generation: generation, dateCache: dateCache)
         let jitter = settings.maxRequestsJitter > 0 ? Int.random(in: 0...settings.maxRequestsJitter) : 0
         retireAfter = settings.maxRequests > 0 ? settings.maxRequests + jitter : 0

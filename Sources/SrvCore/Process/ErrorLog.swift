@@ -54,8 +54,27 @@ public final class ErrorLog {
             case .error: name = "ERROR"
             case .critical: name = "CRITICAL"
             }
-            ErrorLog.shared.write("[\(String(cString: buf))] [\(getpid())] [\(name)] \(message)\n")
+            ErrorLog.shared.write("[\(String(cString: buf))] [\(getpid())] [\(name)] \(ErrorLog.escaped("\(message)"))\n")
         }
+    }
+
+    /// A message as one log line: control characters (CR and LF above all) become visible
+    /// escapes, so that nothing a plugin or a client put in a status, a header or a path
+    /// can start a forged line. Tabs stay.
+    static func escaped(_ text: String) -> String {
+        guard text.utf8.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7f }) else { return text }
+        var out = ""
+        out.reserveCapacity(text.utf8.count + 8)
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x0a: out += "\\n"
+            case 0x0d: out += "\\r"
+            case 0x09: out.unicodeScalars.append(scalar)
+            case 0..<0x20, 0x7f: out += "\\x" + String(format2: UInt8(scalar.value))
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 

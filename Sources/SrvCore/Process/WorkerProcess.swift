@@ -95,7 +95,7 @@ public enum WorkerProcess {
                 if settings.threads > 0 && !plugin.threadSafe {
                     throw WorkerBootError(reason: "not-thread-safe", message: "\(app.snapshot.source): app '\(plugin.name)' does not declare SRV_FLAG_THREAD_SAFE, so srv will not call it from --threads \(settings.threads) threads. Run it without --threads, or make it thread-safe and set the flag in its descriptor.")
                 }
-                try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 0, multiprocess: settings.workers > 1)
+                try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 1, multiprocess: settings.workers > 1)
                 mounted.append(MountedApp(mount: app.prefix, plugin: plugin))
             } catch let e as PluginError {
                 var message = e.description

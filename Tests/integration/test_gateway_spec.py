@@ -1,0 +1,75 @@
+"""The gateway spec's promises (PluginSDK/GATEWAY.md), each tested from its sentence,
+against the real binary and the conformance plugin (issue 14)."""
+import re
+
+import pytest
+
+from conftest import plugin, request
+
+
+@pytest.fixture(scope="module")
+def app(module_servers):
+    return module_servers(["--app", plugin("conformance")])
+
+
+@pytest.fixture(scope="module")
+def threads1(module_servers):
+    return module_servers(["--app", plugin("conformance"), "--threads", "1"])
+
+
+@pytest.fixture(scope="module")
+def threads2(module_servers):
+    return module_servers(["--app", plugin("conformance"), "--threads", "2"])
+
+
+def test_the_body_handed_to_the_application_is_zeroed(app):
+    """"srv hands the application a zeroed srv_body (80 bytes in ABI 1.0) with size set"."""
+    r = request(app.port, path="/body-zeroed")
+    assert r.status == 200
+    assert r.body.startswith(b"zeroed size=80 "), r.body
+
+
+def test_an_empty_write_commits_nothing(app):
+    """"write with len == 0 does nothing and returns SRV_OK": exc_info may still replace
+    the response afterwards."""
+    r = request(app.port, path="/error/empty-write-then-exc-info")
+    assert r.status == 503, r
+    assert r.body == b"replaced\n"
+
+
+def test_a_second_start_response_before_anything_was_sent_is_a_500(app):
+    """A broken rule before the response is committed makes it a 500, even when the app
+    writes with the first call's write afterwards."""
+    r = request(app.port, path="/error/twice-then-write")
+    assert r.status == 500, r
+    assert app.wait_log(r"broke rule 'start_response called twice'")
+
+
+def test_multithread_is_set_only_when_another_thread_may_call(app, threads1, threads2):
+    """"multithread: non-zero when another thread may call the application at the same
+    time (... srv runs more than one application thread)"."""
+    import json
+    for server, expected in [(app, False), (threads1, False), (threads2, True)]:
+        env = json.loads(request(server.port, path="/environ").body)
+        assert env["multithread"] is expected, (server.proc.args, env["multithread"])
+
+
+@pytest.mark.parametrize("path", ["/error/status-crlf", "/error/header-name-crlf"])
+def test_what_an_app_puts_in_a_status_or_header_cannot_forge_log_lines(app, path):
+    """srv's log line about the broken rule shows the app's bytes escaped: a CR LF in a
+    status or a header name starts no line of its own."""
+    mark = len(app.read_log())
+    r = request(app.port, path=path)
+    assert r.status == 500
+    app.wait_log(r"broke rule", since=mark)
+    new = app.read_log()[mark:]
+    assert not any("forged" in line and "broke rule" not in line for line in new.splitlines()), new
+    assert "\\r\\n" in new, new
+
+
+def test_each_line_an_app_writes_to_errors_carries_the_app_prefix(app):
+    mark = len(app.read_log())
+    assert request(app.port, path="/errors-lines").status == 200
+    app.wait_log(r"second line", since=mark)
+    lines = [l for l in app.read_log()[mark:].splitlines() if "line" in l]
+    assert len(lines) == 2 and all(re.search(r"\[ERROR\] app conformance: (first|second) line$", l) for l in lines), lines

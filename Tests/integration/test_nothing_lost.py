@@ -1,0 +1,766 @@
+"""Nothing lost: every byte of a response reaches a slow reader, uploads are timed between
+bytes, an oversized chunked body is refused before it is spooled, TERM serves what is
+queued, --backlog reaches the kernel, running out of descriptors neither spins nor goes
+unlogged, a missing apps directory keeps the apps, a worker crash behind nginx costs no
+GET, and new connections spread across workers.
+
+Each test is one promise of the "Nothing lost" issue, written from the promise, against
+the real binary over real sockets. The tests count bytes and requests rather than time
+things: the clients read (or send) at a fixed rate, the deadlines are generous (the
+machine may be loaded), and the only lower bounds on time are ones a slow machine cannot
+break. The conformance app (Examples/conformance/conformance.c) serves every body kind:
+/echo a bytes body (the request's), /write-big write(), /big an iterator, /file a file.
+"""
+import collections
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import SRV, Conn, plugin, request
+
+MiB = 1 << 20
+MB = 1000 * 1000
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+class SlowConn(Conn):
+    """A client that reads at a fixed rate: at most `per_tick` bytes every `tick` seconds
+    (64 KiB every 1/16 s: 1 MiB/s), with a small receive buffer so that the kernel does not
+    read ahead for it. `received` counts every byte read from the socket. Set `throttle`
+    to False to read at full speed."""
+
+    def __init__(self, port, per_tick=64 * 1024, tick=1 / 16, rcvbuf=64 * 1024, timeout=30):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: fixes the window
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.per_tick, self.tick = per_tick, tick
+        self.received = 0
+        self.throttle = True
+
+    def _fill(self):
+        if self.throttle:
+            time.sleep(self.tick)
+        chunk = self.sock.recv(self.per_tick if self.throttle else 1 << 20)
+        if not chunk:
+            raise EOFError(f"connection closed after {self.received} bytes")
+        self.received += len(chunk)
+        self.buf += chunk
+
+
+def read_head(c):
+    """Reads a response's status line and headers from Conn `c`: (status, headers dict)."""
+    status = int(c._line().decode().split(" ", 2)[1])
+    headers = {}
+    while True:
+        line = c._line()
+        if not line:
+            return status, headers
+        k, v = line.decode("latin-1").split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+
+
+def skip_bytes(c, n):
+    """Consumes n bytes from Conn `c` without keeping them."""
+    while n:
+        if not c.buf:
+            c._fill()
+        take = min(n, len(c.buf))
+        c.buf = c.buf[take:]
+        n -= take
+
+
+def count_body(c, headers):
+    """Reads a response body (chunked, Content-Length or up to EOF) without keeping it;
+    returns its length."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        total = 0
+        while True:
+            size = int(c._line().split(b";")[0], 16)
+            if size == 0:
+                while c._line():
+                    pass
+                return total
+            skip_bytes(c, size)
+            total += size
+            assert c._exact(2) == b"\r\n"
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        skip_bytes(c, n)
+        return n
+    total = len(c.buf)
+    c.buf = b""
+    try:
+        while True:
+            c._fill()
+            total += len(c.buf)
+            c.buf = b""
+    except (EOFError, ConnectionResetError):
+        return total
+
+
+def vm_rss(pid):
+    """The process's resident set in bytes (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def proc_io(pid):
+    """/proc/PID/io as a dict (rchar, wchar, read_bytes, write_bytes, ...)."""
+    with open(f"/proc/{pid}/io") as f:
+        return {k: int(v) for k, v in (line.split(":") for line in f)}
+
+
+def cpu_seconds(pid):
+    """utime + stime of the process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status(server, as_json=True, timeout=5):
+    """`srv status --status-file F [--json]`, retried for a moment (the master writes the
+    file twice a second, so right after "ready" it may not exist yet)."""
+    import json
+    cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert out.returncode == 0, out
+    return json.loads(out.stdout) if as_json else out.stdout
+
+
+def wait_for(what, predicate, timeout=15, interval=0.1):
+    """Polls predicate() until it returns something truthy; returns that, or fails."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def send_request(c, method, path, headers=None, body=b""):
+    h = {"Host": "127.0.0.1"}
+    h.update(headers or {})
+    if body and "Content-Length" not in h:
+        h["Content-Length"] = str(len(body))
+    c.send(f"{method} {path} HTTP/1.1\r\n".encode()
+           + "".join(f"{k}: {v}\r\n" for k, v in h.items()).encode() + b"\r\n" + body)
+
+
+class Collector(threading.Thread):
+    """Reads everything a socket receives, as it arrives, until EOF or an error: so that a
+    response is seen even when the peer resets the connection right after it."""
+
+    def __init__(self, sock):
+        super().__init__(daemon=True)
+        self.sock, self.data, self.end = sock, b"", None
+        self.start()
+
+    def run(self):
+        try:
+            while True:
+                r, _, _ = select.select([self.sock], [], [], 60)
+                if not r:
+                    self.end = "no data for 60 s"
+                    return
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    self.end = "EOF"
+                    return
+                self.data += chunk
+        except OSError as e:
+            self.end = repr(e)
+
+    def has_head(self):
+        return b"\r\n\r\n" in self.data
+
+    def status(self):
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", self.data)
+        return int(m.group(1)) if m else None
+
+
+def conformance():
+    return plugin("conformance")
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Idle means nothing left to send
+# ---------------------------------------------------------------------------------------
+
+BODY = 8 * MiB  # 8 s at the slow reader's 1 MiB/s, against --keep-alive 1
+
+
+@pytest.mark.parametrize("kind", ["bytes", "write", "iterator", "file"])
+def test_slow_keep_alive_reader_gets_every_byte_then_a_second_response(serve, kind, tmp_path):
+    """An 8 MiB body read at 1 MiB/s with --keep-alive 1 on a keep-alive connection: every
+    byte arrives (the connection is not idle while response bytes are queued), then a
+    second request on the same connection is answered. Bytes body: /echo of an 8 MiB
+    upload; write(): /write-big; iterator: /big; file: /file (sendfile)."""
+    s = serve(["--app", conformance(), "--keep-alive", "1"])
+    c = SlowConn(s.port)
+    try:
+        if kind == "bytes":
+            send_request(c, "POST", "/echo", {"Content-Type": "application/octet-stream"}, b"e" * BODY)
+        elif kind == "write":
+            send_request(c, "GET", f"/write-big?mb={BODY // MiB}")
+        elif kind == "iterator":
+            send_request(c, "GET", f"/big?mb={BODY // MiB}")
+        else:
+            path = tmp_path / "body.bin"
+            path.write_bytes(b"f" * BODY)
+            send_request(c, "GET", "/file?path=" + urllib.parse.quote(str(path), safe=""))
+        try:
+            r = c.read_response()
+        except (EOFError, ConnectionResetError, socket.timeout) as e:
+            pytest.fail(f"{kind} body of {BODY} bytes read at 1 MiB/s with --keep-alive 1: the connection "
+                        f"ended after {c.received} bytes received ({e!r})\n{s.read_log()[-3000:]}")
+        assert r.status == 200, r
+        assert len(r.body) == BODY, f"{kind}: {len(r.body)} body bytes of {BODY}"
+        c.throttle = False
+        send_request(c, "GET", "/")
+        try:
+            r2 = c.read_response()
+        except (EOFError, ConnectionResetError, socket.timeout) as e:
+            pytest.fail(f"{kind}: the whole body arrived, but the second request on the connection got "
+                        f"no response ({e!r})")
+        assert r2.status == 200 and r2.body.startswith(b"conformance "), r2
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Inline write() is bounded
+# ---------------------------------------------------------------------------------------
+
+def test_inline_write_of_512_mib_keeps_the_worker_small(serve):
+    """/write-big?mb=512 without --threads, read as fast as the client can: the worker's
+    VmRSS never exceeds its idle RSS + 100 MB during the transfer, and all 512 MiB arrive
+    (then the connection serves another request)."""
+    size = 512 * MiB
+    s = serve(["--app", conformance()])
+    [pid] = s.worker_pids()
+    assert request(s.port, path="/").status == 200  # warm: the app and a connection once
+    idle = vm_rss(pid)
+    peak = [idle]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], vm_rss(pid))
+            except (OSError, AssertionError):
+                return
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    c = Conn(s.port, timeout=60)
+    try:
+        send_request(c, "GET", f"/write-big?mb={size // MiB}")
+        try:
+            st, headers = read_head(c)
+            n = count_body(c, headers)
+        except (EOFError, ConnectionResetError, socket.timeout) as e:
+            pytest.fail(f"the 512 MiB write() body was cut ({e!r}); peak RSS {peak[0] / MB:.0f} MB, "
+                        f"idle {idle / MB:.0f} MB\n{s.read_log()[-3000:]}")
+        done.set()
+        sampler.join(timeout=5)
+        assert st == 200
+        assert n == size, f"{n} of {size} bytes"
+        assert peak[0] <= idle + 100 * MB, \
+            f"worker RSS went from {idle / MB:.1f} MB idle to {peak[0] / MB:.1f} MB during a {size // MiB} MiB write() body"
+        send_request(c, "GET", "/")
+        r = c.read_response()
+        assert r.status == 200, r
+    finally:
+        done.set()
+        c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Uploads: --timeout times the app, --body-timeout the gaps between body bytes
+# ---------------------------------------------------------------------------------------
+
+def test_upload_that_keeps_arriving_outlives_timeout(serve):
+    """A 12 MB POST sent at 2 MB/s (6 s at least) with -t 2: srv keeps reading it and the
+    app sees every byte (/read-past reports the count); 200."""
+    size = 12 * MB
+    s = serve(["--app", conformance(), "-t", "2"])
+    c = Conn(s.port, timeout=30)
+    try:
+        send_request(c, "POST", "/read-past", {"Content-Length": str(size)})
+        piece = 64 * 1024
+        sent = 0
+        while sent < size:
+            n = min(piece, size - sent)
+            try:
+                c.sock.sendall(b"u" * n)
+            except OSError as e:
+                pytest.fail(f"srv stopped taking the upload after {sent} of {size} bytes "
+                            f"(2 MB/s, -t 2): {e!r}\n{s.read_log()[-3000:]}")
+            sent += n
+            time.sleep(n / (2 * MB))
+        try:
+            r = c.read_response()
+        except (EOFError, ConnectionResetError, socket.timeout) as e:
+            pytest.fail(f"all {size} bytes sent at 2 MB/s with -t 2, no response: {e!r}\n{s.read_log()[-3000:]}")
+        assert r.status == 200, r
+        assert r.body == b"read %d bytes, then 0 0 0\n" % size, r
+    finally:
+        c.close()
+
+
+def test_stalled_upload_gets_408_and_a_warning(serve):
+    """A POST that sends half its Content-Length and stalls, with --body-timeout 2: a 408
+    response (not a reset, not silence), the connection closed, and a warning in the log
+    that names --body-timeout."""
+    s = serve(["--app", conformance(), "--body-timeout", "2"])
+    since = len(s.read_log())
+    c = Conn(s.port, timeout=30)
+    try:
+        send_request(c, "POST", "/read-past", {"Content-Length": str(MB)})
+        c.send(b"h" * (MB // 2))
+        t0 = time.monotonic()
+        try:
+            r = c.read_response()
+        except (EOFError, ConnectionResetError) as e:
+            pytest.fail(f"a stalled upload got no response ({e!r})\n{s.read_log()[since:]}")
+        except socket.timeout:
+            pytest.fail(f"a stalled upload got no response in 30 s with --body-timeout 2\n{s.read_log()[since:]}")
+        waited = time.monotonic() - t0
+        assert r.status == 408, r
+        assert waited >= 1.0, f"408 after {waited:.2f} s: before --body-timeout 2 could have fired"
+        assert c.is_closed(timeout=10), "the connection stayed open after the 408"
+    finally:
+        c.close()
+    s.wait_log(r"\[WARNING\][^\n]*--body-timeout", timeout=10, since=since)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. A chunked body over --limit-request-body
+# ---------------------------------------------------------------------------------------
+
+LIMIT = 4 * MiB
+
+
+def _chunked_upload(s, pieces, max_bytes, rate=4 * MB):
+    """Sends a chunked POST to /read-past whose body is the concatenation of `pieces`
+    (already framed), at `rate` bytes/s, up to max_bytes, stopping as soon as a response
+    has arrived or srv stops taking bytes. Returns (collector, bytes sent, stopped reason)."""
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    sock.sendall(b"POST /read-past HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    col = Collector(sock)
+    sent, why = 0, "sent everything"
+    for piece in pieces:
+        if col.has_head() or col.end:
+            why = "response arrived"
+            break
+        if sent >= max_bytes:
+            why = f"stopped at {max_bytes} bytes"
+            break
+        try:
+            sock.sendall(piece)
+        except OSError as e:
+            why = f"send failed: {e!r}"
+            break
+        sent += len(piece)
+        time.sleep(len(piece) / rate)
+    deadline = time.time() + 20
+    while not col.has_head() and col.end is None and time.time() < deadline:
+        time.sleep(0.05)
+    return sock, col, sent, why
+
+
+def test_chunk_declared_over_the_limit_is_refused_before_its_bytes(serve, tmp_path):
+    """--limit-request-body 4 MiB, a chunked POST whose first chunk declares 0x4000000
+    (64 MiB), its data sent slowly: a 413 arrives while the client has sent at most 8 MiB,
+    and the worker writes (wchar: spooling, logging, sending) less than 2 MiB meanwhile,
+    so nothing of the chunk was spooled (--body-memory-limit 64 KiB: anything past 64 KiB
+    would be)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    s = serve(["--app", conformance(), "--limit-request-body", str(LIMIT), "--body-memory-limit", "65536",
+               "--spool-dir", str(spool)])
+    [pid] = s.worker_pids()
+    before = proc_io(pid)
+    data = b"d" * (64 * 1024)
+    pieces = [b"4000000\r\n"] + [data] * 1024  # up to 64 MiB of the chunk; we stop at 8 MiB
+    sock, col, sent, why = _chunked_upload(s, pieces, max_bytes=8 * MiB)
+    try:
+        after = proc_io(pid)
+        assert col.status() == 413, (f"no 413 for a chunk declaring 64 MiB over a 4 MiB limit; the client sent "
+                                     f"{sent} bytes ({why}); received {col.data[:200]!r}, end {col.end}\n"
+                                     f"{s.read_log()[-2000:]}")
+        wrote = after["wchar"] - before["wchar"]
+        assert wrote < 2 * MiB, f"the worker wrote {wrote} bytes (spooled the chunk?) before its 413"
+    finally:
+        sock.close()
+    assert request(s.port, path="/").status == 200
+
+
+def test_many_small_chunks_stop_at_the_limit(serve, tmp_path):
+    """--limit-request-body 4 MiB and a chunked POST of 64 KiB chunks, up to 8 MiB: a 413,
+    and the worker takes no more than the limit and one chunk: what it writes (the spool
+    file; --body-memory-limit 64 KiB spools all but the first 64 KiB) stays under
+    4 MiB + 64 KiB + 256 KiB (the log line and the response)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    chunk = 64 * 1024
+    s = serve(["--app", conformance(), "--limit-request-body", str(LIMIT), "--body-memory-limit", "65536",
+               "--spool-dir", str(spool)])
+    [pid] = s.worker_pids()
+    before = proc_io(pid)
+    framed = b"%x\r\n" % chunk + b"c" * chunk + b"\r\n"
+    sock, col, sent, why = _chunked_upload(s, [framed] * (8 * MiB // chunk), max_bytes=8 * MiB, rate=8 * MB)
+    try:
+        after = proc_io(pid)
+        assert col.status() == 413, (f"no 413 for 8 MiB of chunks over a 4 MiB limit; the client sent {sent} "
+                                     f"bytes ({why}); received {col.data[:200]!r}, end {col.end}")
+        wrote = after["wchar"] - before["wchar"]
+        assert wrote <= LIMIT + chunk + 256 * 1024, f"the worker wrote {wrote} bytes for a {LIMIT}-byte limit"
+    finally:
+        sock.close()
+    assert request(s.port, path="/").status == 200
+
+
+# ---------------------------------------------------------------------------------------
+# 5. TERM serves what is queued
+# ---------------------------------------------------------------------------------------
+
+def test_term_serves_queued_and_accepted_connections(serve):
+    """-w 1, the worker inside a 4 s /sleep: 30 connections that each sent a GET wait in the
+    listen queue, and one connection the worker accepted before the sleep sends its GET
+    only 0.5 s after TERM. Every one of the 32 gets a complete HTTP response (any status),
+    none a reset or an EOF, and srv exits 0."""
+    s = serve(["--app", conformance(), "--keep-alive", "10", "--graceful-timeout", "25"], workers=1)
+    late = Conn(s.port, timeout=40)
+    # The idle worker accepts `late` at once; make sure (a request on another connection
+    # is served after the accept, in order).
+    assert request(s.port, path="/").status == 200
+    time.sleep(0.3)
+    slow = Conn(s.port, timeout=40)
+    send_request(slow, "GET", "/sleep?ms=4000")
+    wait_for("the /sleep request in flight",
+             lambda: any((w.get("currentRequest") or "").startswith("GET /sleep")
+                         for w in status(s).get("workers", [])), timeout=10)
+    queued = []
+    for i in range(30):
+        c = Conn(s.port, timeout=40)
+        send_request(c, "GET", f"/?queued={i}")
+        queued.append(c)
+    s.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    lost = []
+    try:
+        try:
+            send_request(late, "GET", "/?late")
+        except OSError as e:
+            lost.append(f"late: send failed {e!r}")
+        results = {}
+        for name, c in [("slow", slow), ("late", late)] + [(f"queued {i}", c) for i, c in enumerate(queued)]:
+            try:
+                r = c.read_response()
+                results[name] = r.status
+            except (EOFError, OSError) as e:
+                lost.append(f"{name}: {e!r}")
+        assert not lost, (f"{len(lost)} of 32 connections lost at TERM ({len(results)} answered):\n"
+                          + "\n".join(lost) + f"\n{s.read_log()[-3000:]}")
+        assert results["slow"] == 200, results
+        rc = s.proc.wait(timeout=30)
+        assert rc == 0, s.read_log()
+    finally:
+        for c in [slow, late] + queued:
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# 6. --backlog reaches the kernel
+# ---------------------------------------------------------------------------------------
+
+def listen_queues(port):
+    """Send-Q (the backlog) of every listening TCP socket on `port`, from `ss -ltn`."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    return [int(line.split()[2]) for line in out.stdout.splitlines() if line.strip()]
+
+
+def somaxconn():
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except OSError:
+        return 4096
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is needed")
+@pytest.mark.parametrize("backlog,reuse_port", [(1000, False), (50, False), (1000, True)],
+                         ids=["1000", "50", "1000-reuse-port"])
+def test_backlog_is_the_listen_queue_length(serve, backlog, reuse_port):
+    """`ss -ltn` shows Send-Q = --backlog for srv's port once the workers serve (they must
+    not listen() again with another length); with --reuse-port, for each worker's listener."""
+    if backlog > somaxconn():
+        pytest.skip(f"net.core.somaxconn is {somaxconn()}, under {backlog}")
+    s = serve(["--app", conformance(), "--backlog", str(backlog)] + (["--reuse-port"] if reuse_port else []),
+              workers=2)
+    assert request(s.port, path="/").status == 200
+    queues = listen_queues(s.port)
+    assert queues, f"ss shows no listener on {s.port}"
+    assert all(q == backlog for q in queues), f"--backlog {backlog}, but ss -ltn shows Send-Q {queues}"
+    if reuse_port:
+        assert len(queues) >= 2, f"--reuse-port with 2 workers, but {len(queues)} listener(s): {queues}"
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Out of file descriptors
+# ---------------------------------------------------------------------------------------
+
+def test_out_of_descriptors_does_not_spin_is_logged_and_recovers(serve):
+    """srv with RLIMIT_NOFILE 64 (soft = hard) says so at start, and 100 connections held
+    open (each with a request) exhaust the worker's descriptors: the worker does not spin
+    (its CPU time grows by less than half the wall time over 3 s), the warning is logged
+    at least once and at most a few times, and once the connections close a new request
+    is served."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    s = serve(["--app", conformance(), "--keep-alive", "60"], popen_kw={"preexec_fn": limit})
+    assert "64 open files per process" in s.read_log(), s.read_log()
+    [pid] = s.worker_pids()
+    since = len(s.read_log())
+    conns = []
+    try:
+        for i in range(100):
+            c = Conn(s.port, timeout=30)
+            send_request(c, "GET", f"/?c={i}")
+            conns.append(c)
+        time.sleep(1.0)  # the worker meets EMFILE
+        wall0, cpu0 = time.monotonic(), cpu_seconds(pid)
+        time.sleep(3.0)
+        wall, cpu = time.monotonic() - wall0, cpu_seconds(pid) - cpu0
+        assert cpu < 0.5 * wall, f"out of descriptors, the worker used {cpu:.2f} s of CPU in {wall:.2f} s"
+        log = s.read_log()[since:]
+        warnings = [line for line in log.splitlines() if "[WARNING]" in line]
+        assert 1 <= len(warnings) <= 6, f"{len(warnings)} warnings while out of descriptors:\n" + log[-3000:]
+    finally:
+        for c in conns:
+            c.close()
+
+    def served():
+        try:
+            return request(s.port, path="/?after").status == 200
+        except OSError:
+            return False
+
+    wait_for("a request served once the connections closed", served, timeout=30, interval=0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. A missing apps directory is an error that keeps the apps; --reload follows the path
+# ---------------------------------------------------------------------------------------
+
+def _apps_dir(tmp_path, **apps):
+    d = tmp_path / "apps"
+    d.mkdir()
+    for file, name in apps.items():
+        shutil.copyfile(plugin(name), d / f"{file}.so")
+    return d
+
+
+def test_hup_with_the_apps_dir_missing_keeps_every_app_and_status_shows_the_error(serve, tmp_path):
+    d = _apps_dir(tmp_path, libalpha="conformance", libbeta="hello")
+    s = serve(["--apps-dir", str(d)], workers=2)
+    assert request(s.port, path="/alpha/").status == 200
+    assert request(s.port, path="/beta/").status == 200
+    os.rename(d, tmp_path / "apps.old")
+    s.signal(signal.SIGHUP)
+    statuses = collections.Counter()
+
+    def reported():
+        for path in ("/alpha/", "/beta/"):
+            statuses[(path, request(s.port, path=path).status)] += 1
+        return status(s).get("lastReloadError")
+
+    err = wait_for("lastReloadError in srv status --json", reported, timeout=20, interval=0.2)
+    for _ in range(10):  # and after the reload is over
+        for path in ("/alpha/", "/beta/"):
+            statuses[(path, request(s.port, path=path).status)] += 1
+    assert set(statuses) == {("/alpha/", 200), ("/beta/", 200)}, \
+        f"the apps did not stay mounted: {dict(statuses)}\n{s.read_log()[-2000:]}"
+    text = status(s, as_json=False)
+    assert "error" in text.lower(), f"srv status does not show the reload error ({err!r}):\n{text}"
+
+
+def test_reload_keeps_watching_a_replaced_apps_dir(serve, tmp_path):
+    """--reload, then `mv apps apps.old; mkdir apps; cp new.so apps/`: the new application
+    is mounted, and a second copy into the new directory is seen too."""
+    d = _apps_dir(tmp_path, libalpha="conformance")
+    s = serve(["--apps-dir", str(d), "--reload", "--reload-delay", "0.5"])
+    assert request(s.port, path="/alpha/").status == 200
+    os.rename(d, tmp_path / "apps.old")
+    os.mkdir(d)
+    shutil.copyfile(plugin("hello"), d / "libbeta.so")
+
+    def beta():
+        r = request(s.port, path="/beta/")
+        return r.status == 200 and r.body == b"Hello, World!\n"
+
+    wait_for("/beta/ from the new directory", beta, timeout=20, interval=0.2)
+    shutil.copyfile(plugin("conformance2"), d / "libgamma.so")
+    wait_for("/gamma/ copied later into the new directory",
+             lambda: request(s.port, path="/gamma/").body == b"conformance 2.0.0\n", timeout=20, interval=0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# 9. A worker crash behind nginx costs no GET
+# ---------------------------------------------------------------------------------------
+
+def retrying_upstreams(site):
+    """The site with each upstream that names one server naming it twice, with
+    max_fails=0: proxy_next_upstream then has a next server to retry an idempotent request
+    on (the same srv, whose other workers serve it), and the failures a crash causes never
+    mark the server down (which would answer 502 "no live upstreams")."""
+    def block(m):
+        servers = re.findall(r"^([ \t]*)server\s+([^;\s]+)[^;]*;", m.group(0), re.M)
+        if len(servers) != 1:
+            return m.group(0)
+        indent, addr = servers[0]
+        two = f"{indent}server {addr} max_fails=0;\n{indent}server {addr} max_fails=0;"
+        return re.sub(r"^[ \t]*server\s+[^;]+;", lambda _: two, m.group(0), count=1, flags=re.M)
+
+    return re.sub(r"^upstream\s+\w+\s*\{.*?^\}", block, site, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("upstream", ["unix", "tcp"])
+def test_worker_crash_behind_nginx_costs_no_get(serve, upstream, monkeypatch):
+    """srv -w 2 behind nginx (Examples/nginx/srv-site.conf, its upstream naming srv twice
+    with max_fails=0, see retrying_upstreams), 4 client threads doing GETs through nginx
+    in a loop while workers are crashed 3 times (GET /crash sent to srv directly): every
+    GET of the client threads is a 200."""
+    import test_nginx
+    if test_nginx.NGINX is None or test_nginx.OPENSSL is None:
+        pytest.skip("nginx and openssl are needed (Tests/deps.sh test)")
+    monkeypatch.setattr(test_nginx, "render_site",
+                        (lambda orig: lambda *a, **kw: retrying_upstreams(orig(*a, **kw)))(test_nginx.render_site))
+    tmp = tempfile.mkdtemp(prefix="srv-nginx-crash-")
+    srv_tmp = os.path.join(tmp, "srv")
+    os.mkdir(srv_tmp)
+    sock_path = os.path.join(tmp, "srv.sock")
+    s = serve(["--app", conformance(), "-b", f"unix:{sock_path}"], workers=2, tmp=srv_tmp)
+    wait_for("srv's socket", lambda: os.path.exists(sock_path))
+    nginx = test_nginx.Nginx(tmp, sock_path, s.port, upstream)
+    stop = threading.Event()
+    ok = collections.Counter()
+    failed = []
+
+    def client(n):
+        while not stop.is_set():
+            try:
+                r = test_nginx.fetch(nginx.http_port, path=f"/counter?client={n}")
+                if r.status == 200:
+                    ok[n] += 1
+                else:
+                    failed.append(f"client {n}: {r.status} {r.body[:100]!r}")
+            except Exception as e:  # noqa: BLE001: every failure counts
+                failed.append(f"client {n}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+    try:
+        assert test_nginx.fetch(nginx.http_port, path="/").status == 200, nginx.logs()
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        crashed = 0
+        for _ in range(3):
+            workers = wait_for("2 workers", lambda: (lambda p: p if len(p) == 2 else None)(s.worker_pids()))
+            c = Conn(s.port, timeout=10)
+            try:
+                send_request(c, "GET", "/crash")
+                try:
+                    c.read_response()
+                except (EOFError, OSError):
+                    pass
+            finally:
+                c.close()
+            wait_for("a worker replaced", lambda: len(set(s.worker_pids()) - set(workers)) >= 1 and
+                     len(s.worker_pids()) == 2, timeout=20)
+            crashed += 1
+            time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        total = sum(ok.values())
+        assert not failed, (f"{len(failed)} failed GETs (and {total} good ones) through nginx while "
+                            f"{crashed} workers crashed:\n" + "\n".join(failed[:20]) + f"\n{nginx.logs()}")
+        assert total >= 40 and all(ok[n] > 0 for n in range(4)), f"too few GETs to show anything: {dict(ok)}"
+        assert crashed == 3
+    finally:
+        stop.set()
+        nginx.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# 10. New connections spread across workers
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["default", "reuse-port"])
+def test_new_keep_alive_connections_spread_across_workers(serve, reuse_port):
+    """-w 2, 200 new connections, each doing one keep-alive request (/counter, which names
+    the worker's pid) and staying open: neither worker serves less than 30% of them, by
+    the responses and by the scoreboard of `srv status --json` (each worker's
+    `requests`)."""
+    args = ["--app", conformance(), "--keep-alive", "60"] + (["--reuse-port"] if reuse_port else [])
+    s = serve(args, workers=2)
+    pids = wait_for("2 workers", lambda: (lambda p: p if len(p) == 2 else None)(s.worker_pids()))
+    wait_for("2 workers serving in srv status",
+             lambda: sum(w.get("state") == "serving" for w in status(s).get("workers", [])) == 2)
+    base = {w["pid"]: w["requests"] for w in status(s)["workers"]}
+    conns = []
+    served = collections.Counter()
+    n = 200
+    try:
+        for i in range(n):
+            c = Conn(s.port, timeout=20)
+            send_request(c, "GET", f"/counter?c={i}")
+            r = c.read_response()
+            assert r.status == 200, r
+            served[int(r.body.split()[1])] += 1
+            conns.append(c)
+        assert set(served) <= set(pids), (served, pids)
+        least = min(served.get(p, 0) for p in pids)
+        assert least >= 0.3 * n, f"{n} new connections over 2 workers: {dict(served)} (by /counter's pid)"
+
+        def board():
+            st = {w["pid"]: w["requests"] - base.get(w["pid"], 0) for w in status(s)["workers"]}
+            return st if sum(st.values()) >= n else None
+
+        counts = wait_for("the scoreboard to count the requests", board, timeout=15, interval=0.25)
+        assert all(counts.get(p, 0) >= 0.3 * n for p in pids), f"scoreboard requests per worker: {counts}"
+    finally:
+        for c in conns:
+            c.close()
