@@ -44,7 +44,7 @@ struct ServeOptions: ParsableArguments {
     var proxyAllowFrom: String?
     @Option(name: .customLong("access-logfile"), help: "Write an access log to FILE ('-' for stderr). Off by default.")
     var accessLogfile: String?
-    @Option(name: .customLong("access-logformat"), help: "Access log format with Gunicorn's atoms (default: combined).")
+    @Option(name: .customLong("access-logformat"), help: "Access log format with Gunicorn's atoms, plus %(id)s for srv.request_id (default: combined, then the request id).")
     var accessLogformat: String?
     @Option(name: .customLong("error-logfile"), help: "Error log file ('-' for stderr, the default).")
     var errorLogfile: String?

@@ -1,6 +1,7 @@
 """The gateway spec's promises (PluginSDK/GATEWAY.md), each tested from its sentence,
 against the real binary and the conformance plugin (issue 14)."""
 import re
+import time
 
 import pytest
 
@@ -73,3 +74,34 @@ def test_each_line_an_app_writes_to_errors_carries_the_app_prefix(app):
     app.wait_log(r"second line", since=mark)
     lines = [l for l in app.read_log()[mark:].splitlines() if "line" in l]
     assert len(lines) == 2 and all(re.search(r"\[ERROR\] app conformance: (first|second) line$", l) for l in lines), lines
+
+
+def test_request_ids_are_unique_across_workers_and_in_the_logs(serve, tmp_path):
+    """srv.request_id: "A unique identifier of this request, the one srv's logs use"."""
+    import json
+    access = tmp_path / "access.log"
+    s = serve(["--app", plugin("conformance"), "--access-logfile", str(access)], workers=2)
+    ids = [json.loads(request(s.port, path="/environ").body)["extensions"]["srv.request_id"] for _ in range(40)]
+    assert len(set(ids)) == 40, ids
+    mark = len(s.read_log())
+    r = request(s.port, path="/error/twice")
+    assert r.status == 500
+    line = s.wait_log(r"broke rule 'start_response called twice' on GET /error/twice \(request (\S+)\)", since=mark)
+    deadline = time.time() + 10
+    while time.time() < deadline and line.group(1) not in access.read_text():
+        time.sleep(0.1)
+    assert line.group(1) in access.read_text(), "the access line of the request carries the id of its error line"
+    for i in ids[:5]:
+        assert i in access.read_text()
+
+
+def test_a_trusted_proxys_request_id_is_the_request_id(serve):
+    import json
+    s = serve(["--app", plugin("conformance")])
+    env = json.loads(request(s.port, path="/environ", headers={"X-Request-Id": "nginx-8f2a.1"}).body)
+    assert env["extensions"]["srv.request_id"] == "nginx-8f2a.1"
+    env = json.loads(request(s.port, path="/environ", headers={"X-Request-Id": "bad id;x"}).body)
+    assert env["extensions"]["srv.request_id"] != "bad id;x"
+    untrusting = serve(["--app", plugin("conformance"), "--forwarded-allow-ips", "10.0.0.1"])
+    env = json.loads(request(untrusting.port, path="/environ", headers={"X-Request-Id": "forged"}).body)
+    assert env["extensions"]["srv.request_id"] != "forged"

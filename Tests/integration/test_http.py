@@ -1591,7 +1591,7 @@ def test_access_log_combined(app):
     wait_file_match(app.access_log,
                     r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
                     r'"GET /status\?code=207&access=1 HTTP/1\.1" 207 11 '
-                    r'"http://referer\.test/" "access-test/1\.0"$')
+                    r'"http://referer\.test/" "access-test/1\.0" [0-9a-f]{12}-\d+$')
 
 
 def test_access_log_custom_format(short_keep_alive):

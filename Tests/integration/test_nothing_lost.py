@@ -649,7 +649,10 @@ def retrying_upstreams(site):
         if len(servers) != 1:
             return m.group(0)
         indent, addr = servers[0]
-        two = f"{indent}server {addr} max_fails=0;\n{indent}server {addr} max_fails=0;"
+        copies = int(os.environ.get("NL_COPIES", "2"))  # EXPERIMENT
+        if copies == 1:
+            return m.group(0)
+        two = "\n".join(f"{indent}server {addr} max_fails=0;" for _ in range(copies))
         return re.sub(r"^[ \t]*server\s+[^;]+;", lambda _: two, m.group(0), count=1, flags=re.M)
 
     return re.sub(r"^upstream\s+\w+\s*\{.*?^\}", block, site, flags=re.M | re.S)

@@ -18,6 +18,8 @@ public final class GatewayContext {
     let workerPID: CString
     let generation: CString
     let dateCache: DateCache
+    /// The first part of every request id this worker hands out (RequestID).
+    let requestIDPrefix = CString(RequestID.newPrefix())
 
     public init(logger: Logger, bodyMemoryLimit: Int, spoolDirectory: String, threads: Int,
                 multiprocess: Bool, generation: Int, dateCache: DateCache) {

@@ -86,12 +86,14 @@ final class RequestSlot {
     var methodBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_method) }
     var targetBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_uri) }
     var requestLine: String {
-        "\(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self))"
+        "\(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self)) (request \(requestID))"
     }
     private static func bytes(_ s: srv_str) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: s.ptr, count: s.len) }
     /// environ's constant strings, copied once per slot: reading a static on every request
     /// costs a lazy-initialization check each time.
     private let k = EnvironConstants.shared
+    /// The worker's request-id prefix (GatewayContext's, which outlives every slot).
+    private lazy var idPrefix = context.requestIDPrefix.str
     /// The worker's, held here so that a response need not reach it through `context`.
     private let dateCache: DateCache
 
@@ -147,6 +149,23 @@ final class RequestSlot {
         return srv_str(ptr: start.assumingMemoryBound(to: CChar.self), len: bytes.count)
     }
 
+    /// srv's id of a request into the arena: the worker's prefix and the request's number.
+    private func putRequestID(_ number: UInt64) -> srv_str {
+        let prefix = idPrefix
+        let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
+        UnsafeMutableRawPointer(start).copyMemory(from: prefix.ptr, byteCount: prefix.len)
+        let n = prefix.len + OutBuffer.writeDecimal(number, to: start + prefix.len)
+        start[n] = 0
+        arenaUsed += n + 1
+        return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
+    }
+
+    /// The current request's id (srv.request_id), for log lines.
+    var requestID: String {
+        let v = extensions[1].value
+        return String(decoding: UnsafeRawBufferPointer(start: v.ptr, count: v.len), as: UTF8.self)
+    }
+
     /// A decimal number into the arena, NUL-terminated (20 digits at most).
     private func putDecimal(_ value: UInt64) -> srv_str {
         let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
@@ -200,6 +219,8 @@ final class RequestSlot {
         e.content_type = k.empty
         e.content_length = k.empty
         var host: srv_str?
+        var givenID: srv_str?
+        let trusted = connection.trustedProxy
         for i in 0..<head.fieldCount {
             let name = head.name(i)
             // Names with "_" would collide with CGI names once mapped to HTTP_*; drop them.
@@ -210,6 +231,8 @@ final class RequestSlot {
             switch name.count {
             case 12 where HTTPChars.equalsLower(name, "content-type"): e.content_type = v
             case 4 where HTTPChars.equalsLower(name, "host"): host = v
+            case 12 where trusted && HTTPChars.equalsLower(name, "x-request-id"):
+                if RequestID.isAcceptable(head.value(i)) { givenID = v }
             default: break
             }
         }
@@ -239,7 +262,9 @@ final class RequestSlot {
         e.multiprocess = context.multiprocess ? 1 : 0
         e.run_once = 0
         extensions[0] = srv_header(name: k.keyVersion, value: context.versionString.str)
-        extensions[1] = srv_header(name: k.keyRequestID, value: putDecimal(requestID))
+        // A trusted proxy's X-Request-Id (nginx's $request_id) is the request's id, so one id
+        // follows the request through both servers' logs; otherwise srv's own.
+        extensions[1] = srv_header(name: k.keyRequestID, value: givenID ?? putRequestID(requestID))
         extensions[2] = srv_header(name: k.keyWorkerPID, value: context.workerPID.str)
         extensions[3] = srv_header(name: k.keyGeneration, value: context.generation.str)
         extensions[4] = srv_header(name: k.keyAppHash, value: app.appHash.str)

@@ -1,11 +1,13 @@
 import Glibc
 
-/// Gunicorn's access-log format: `%(atom)s` placeholders, e.g. the default combined format
-/// `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`.
+/// Gunicorn's access-log format: `%(atom)s` placeholders. The default is the combined
+/// format with the request's id at the end (srv's `%(id)s` atom, srv.request_id), so that
+/// an access line and the error lines about the same request can be matched:
+/// `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(id)s`.
 public struct AccessLogFormat: Codable, Equatable {
     public var text: String
     public init(_ text: String) { self.text = text }
-    public static let combined = AccessLogFormat(#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#)
+    public static let combined = AccessLogFormat(#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(id)s"#)
 
     enum Segment {
         case literal(String)
@@ -45,6 +47,8 @@ struct AccessRecord {
     var version: String
     var status: Int
     var bytes: Int
+    /// srv.request_id, or "-" for a request srv refused before it had one.
+    var requestID: String
     /// A request header's first value, by lowercase name.
     var header: (String) -> String?
     var started: timespec
@@ -106,6 +110,7 @@ public final class AccessLog {
         case "D": return String(r.durationMicros)
         case "L": return String(format6: Double(r.durationMicros) / 1e6)
         case "p": return "<\(getpid())>"
+        case "id": return r.requestID
         default: return "-"
         }
     }

@@ -651,7 +651,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         var keepAlive = head.keepAlive
         if let slot = slot {
             keepAlive = slot.keepAlive
-            if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes) }
+            if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes, id: slot.requestID) }
             worker.releaseSlot(slot)  // recycleSlot() without loading `slot` again
             self.slot = nil
             worker.requestCompleted()
@@ -710,14 +710,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         }
     }
 
-    private func logAccess(_ log: AccessLog, status: Int, bytes: Int) {
+    private func logAccess(_ log: AccessLog, status: Int, bytes: Int, id: String) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let micros = (now.tv_sec - requestStart.tv_sec) * 1_000_000 + (now.tv_nsec - requestStart.tv_nsec) / 1000
         let complete = head.isComplete
         log.log(AccessRecord(remote: info.remoteAddress, method: complete ? head.methodString : "-",
                              uri: complete ? head.targetString : "-", version: complete ? head.versionString : "-",
-                             status: status, bytes: bytes, header: { self.head.first($0) },
+                             status: status, bytes: bytes, requestID: id, header: { self.head.first($0) },
                              started: requestStart, durationMicros: micros))
     }
 
@@ -726,7 +726,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// Answers a request srv refuses (the app never sees it) and closes the connection.
     private func reject(status: Int, message: String, context: ChannelHandlerContext) {
         respondPlain(status: status, message: message, close: true, context: context)
-        if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1) }
+        if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1, id: "-") }
         phase = .closing
         pending = nil
         flush(context: context)
