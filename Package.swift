@@ -57,7 +57,7 @@ let package = Package(
         .target(name: "BlogExport", dependencies: [gateway], path: "Examples/blog/Sources/BlogExport"),
 
         // MARK: - Tests (unit tests of pure logic; Tests/integration drives the real binary)
-        .testTarget(name: "SrvCoreTests", dependencies: ["SrvCore"], path: "Tests/SrvCoreTests",
+        .testTarget(name: "SrvCoreTests", dependencies: ["SrvCore", gateway], path: "Tests/SrvCoreTests",
                     swiftSettings: swift5),
     ]
 )

@@ -1,10 +1,15 @@
 /* The SrvGateway target is the gateway spec header; SwiftPM needs one source file for a
  * C target. The assertions pin the layout facts srv and the Swift SDK rely on. */
+#include <stdint.h>
 #include "srv/gateway.h"
 
 _Static_assert(sizeof(srv_str) == 2 * sizeof(void *), "srv_str is pointer + length");
 _Static_assert(offsetof(srv_descriptor, magic) == 0, "the magic is the first field");
 _Static_assert(offsetof(srv_descriptor, abi_major) == 4, "the ABI version never moves");
+#if UINTPTR_MAX == 0xffffffffffffffffu
+_Static_assert(offsetof(srv_descriptor, unload) + sizeof(srv_unload_fn) == SRV_DESCRIPTOR_SIZE_1_0,
+               "the ABI 1.0 descriptor ends after unload: later fields go after it");
+#endif
 
 /* What the Swift SDK (PluginSDK/Swift) relies on. Swift imports these structs through
  * Clang, so field offsets agree by construction; these pin the scalar mappings it uses:

@@ -10,7 +10,7 @@ int srv_gateway_app(const srv_environ *environ, srv_start_response_fn start_resp
         {{"Content-Type", 12}, {"text/plain", 10}},
     };
     srv_write_fn write;
-    (void)environ;
+    if (!SRV_HAS(environ, srv_environ, extension_count)) return SRV_ERROR;
     write = start_response("200 OK", headers, sizeof headers / sizeof headers[0], NULL);
     if (write == NULL) return SRV_ERROR;
     body->kind = SRV_BODY_BYTES;

@@ -1,6 +1,7 @@
 import Glibc
 import XCTest
 @testable import SrvCore
+import SrvGateway
 
 /// The pure logic behind deploying srv: trusted proxy lists, bind addresses, the config
 /// file's lines, the runtime directory's checks and snapshot reuse.
@@ -87,5 +88,14 @@ final class DeployTests: XCTestCase {
         XCTAssertEqual(second.path, first.path)
         XCTAssertEqual(FileManager.default.contents(atPath: second.path), Data("real plugin bytes".utf8))
         XCTAssertEqual(Snapshot.removeUnreferenced(in: base, keeping: [second.path]), 1, "the source libapp.so is not a snapshot but ends in .so")
+    }
+}
+
+final class ABIEvolutionTests: XCTestCase {
+    /// The smallest descriptor srv accepts is ABI 1.0's (56 bytes), not the current
+    /// header's: once 1.1 adds a field, 1.0 plugins must still load.
+    func testMinimumDescriptorIsTheOneOfABI10() {
+        XCTAssertEqual(GatewayABI.minimumDescriptorSize, 56)
+        XCTAssertLessThanOrEqual(GatewayABI.minimumDescriptorSize, MemoryLayout<srv_descriptor>.size)
     }
 }

@@ -103,7 +103,7 @@ final class AccessLogFormatTests: XCTestCase {
         let atoms = AccessLogFormat.combined.segments.compactMap { s -> String? in
             if case .atom(let a) = s { return a } else { return nil }
         }
-        XCTAssertEqual(atoms, ["h", "l", "u", "t", "r", "s", "b", "f", "a"])
+        XCTAssertEqual(atoms, ["h", "l", "u", "t", "r", "s", "b", "f", "a", "id"], "combined, then the request id")
     }
 
     func testRequestHeaderAtomAndLiterals() {

@@ -39,6 +39,15 @@ extern "C" {
 #define SRV_ABI_MAJOR 1
 #define SRV_ABI_MINOR 0
 
+/**
+ * True when the struct at `ptr` (of type `type`, whose first field is its `size`) is large
+ * enough to hold `field`: structs only grow at the end, so a field added in 1.N exists in
+ * a struct from a 1.N (or later) peer. Use it before reading a field newer than 1.0 that
+ * an older srv or plugin may not have:
+ *     if (SRV_HAS(environ, srv_environ, some_field_since_1_1)) { ... }
+ */
+#define SRV_HAS(ptr, type, field) ((ptr)->size >= offsetof(type, field) + sizeof((ptr)->field))
+
 /** Marks a symbol srv must find even when the plugin is built with -fvisibility=hidden. */
 #if defined(__GNUC__) || defined(__clang__)
 #define SRV_EXPORT __attribute__((visibility("default")))
@@ -274,7 +283,7 @@ typedef int (*srv_app_fn)(const srv_environ *environ, srv_start_response_fn star
 typedef struct srv_descriptor {
     uint32_t magic;           /* SRV_GATEWAY_MAGIC */
     uint16_t abi_major;       /* SRV_ABI_MAJOR the plugin was built with */
-    uint16_t abi_minor;       /* SRV_ABI_MINOR the plugin was built with */
+    uint16_t abi_minor;       /* the minor the plugin needs (SRV_ABI_MINOR_REQUIRED) */
     uint32_t descriptor_size; /* sizeof(srv_descriptor) */
     uint32_t environ_size;    /* sizeof(srv_environ) */
     uint32_t body_size;       /* sizeof(srv_body) */
@@ -286,7 +295,23 @@ typedef struct srv_descriptor {
 } srv_descriptor;
 
 /**
- * Declares the descriptor with this header's versions and sizes:
+ * The ABI minor a plugin needs: the oldest srv 1.x it runs on. It is 0 unless the plugin
+ * defines it before including this header because it uses something a later minor added
+ * (`#define SRV_ABI_MINOR_REQUIRED 1`), so that rebuilding an unchanged plugin against a
+ * newer header never forces a server upgrade.
+ */
+#ifndef SRV_ABI_MINOR_REQUIRED
+#define SRV_ABI_MINOR_REQUIRED 0
+#endif
+#if SRV_ABI_MINOR_REQUIRED > SRV_ABI_MINOR
+#error "SRV_ABI_MINOR_REQUIRED is newer than this header's SRV_ABI_MINOR"
+#endif
+
+/** The size of the ABI 1.0 descriptor: the smallest srv accepts. */
+#define SRV_DESCRIPTOR_SIZE_1_0 56
+
+/**
+ * Declares the descriptor with this header's sizes and the ABI minor the plugin needs:
  *
  *     SRV_DESCRIPTOR("hello", "1.0.0", 0, NULL, NULL);
  */
@@ -297,7 +322,7 @@ typedef struct srv_descriptor {
 #endif
 #define SRV_DESCRIPTOR(app_name, app_version, app_flags, load_hook, unload_hook)      \
     SRV_DESCRIPTOR_LINKAGE const srv_descriptor srv_gateway_descriptor = {            \
-        SRV_GATEWAY_MAGIC, SRV_ABI_MAJOR, SRV_ABI_MINOR,                              \
+        SRV_GATEWAY_MAGIC, SRV_ABI_MAJOR, SRV_ABI_MINOR_REQUIRED,                     \
         (uint32_t)sizeof(srv_descriptor), (uint32_t)sizeof(srv_environ),             \
         (uint32_t)sizeof(srv_body), (uint32_t)(app_flags), (app_name), (app_version), \
         (load_hook), (unload_hook)}
