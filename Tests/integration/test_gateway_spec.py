@@ -1,5 +1,6 @@
 """The gateway spec's promises (PluginSDK/GATEWAY.md), each tested from its sentence,
 against the real binary and the conformance plugin (issue 14)."""
+import os
 import re
 import time
 
@@ -105,3 +106,30 @@ def test_a_trusted_proxys_request_id_is_the_request_id(serve):
     untrusting = serve(["--app", plugin("conformance"), "--forwarded-allow-ips", "10.0.0.1"])
     env = json.loads(request(untrusting.port, path="/environ", headers={"X-Request-Id": "forged"}).body)
     assert env["extensions"]["srv.request_id"] != "forged"
+
+
+def test_a_file_body_whose_file_shrinks_is_aborted(serve, tmp_path):
+    """A file body is `length` bytes of the file; when the file no longer has them srv
+    cannot keep its promise of Content-Length: it aborts the connection, logs it and
+    calls the body's close, instead of waiting for bytes that never come."""
+    import socket
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (32 << 20))
+    s = serve(["--app", plugin("conformance")])
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.sendall(f"GET /file?path={big} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got = c.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200")
+    os.truncate(big, 1 << 20)
+    total = len(got)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        data = c.recv(1 << 20)
+        if not data:
+            break
+        total += len(data)
+    else:
+        raise AssertionError("the connection was never closed")
+    assert total < (32 << 20), total
+    s.wait_log(r"shrank to 1048576 bytes", timeout=10)

@@ -588,12 +588,28 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 write(.byteBuffer(suffix), context: context)
             }
             context.flush()
+            let watch = watchFileBody(copy, end: offset + length, slot: slot, context: context)
             promise.futureResult.whenComplete { result in
+                watch.cancel()
                 try? handle.close()
                 slot.closeBody()
                 if case .failure = result { context.close(promise: nil); return }
                 self.requestFinished(context: context)
             }
+        }
+    }
+
+    /// A file that shrinks while sendfile sends it never ends the send (sendfile keeps
+    /// returning 0 and NIO keeps trying): while a file body is in flight its size is checked
+    /// every 100 ms, and a file shorter than the range announced aborts the connection (the
+    /// client sees a truncated response; the body's close runs).
+    private func watchFileBody(_ fd: CInt, end: Int, slot: RequestSlot, context: ChannelHandlerContext) -> RepeatedTask {
+        context.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { task in
+            var st = stat()
+            guard fstat(fd, &st) == 0, Int(st.st_size) < end else { return }
+            task.cancel()
+            self.worker.log(.error, "the file body of \(slot.requestLine) shrank to \(st.st_size) bytes while srv sent \(end); connection aborted")
+            context.close(promise: nil)
         }
     }
 
