@@ -133,3 +133,43 @@ def test_a_file_body_whose_file_shrinks_is_aborted(serve, tmp_path):
         raise AssertionError("the connection was never closed")
     assert total < (32 << 20), total
     s.wait_log(r"shrank to 1048576 bytes", timeout=10)
+
+
+def test_status_and_logs_name_apps_by_their_descriptor(serve):
+    """srv status and the logs show each application's name and version from its
+    descriptor, beside the snapshot's hash."""
+    import json
+    s = serve(["--app", plugin("conformance")])
+    s.wait_log(r"generation 1 ready: 1 worker\(s\) serving /=conformance \S+ \([0-9a-f]{12}\)")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with open(s.status_path) as f:
+            app = json.load(f)["apps"][0]
+        if app.get("name"):
+            break
+        time.sleep(0.2)
+    assert app["name"] == "conformance" and app["version"], app
+    assert len(app["hash"]) == 64
+
+
+@pytest.mark.parametrize("name, args, reason", [("loadcrash", [], "crashed"), ("loadhang", ["--boot-timeout", "2"], "hung")])
+def test_a_reload_that_crashes_or_hangs_names_the_reason(serve, tmp_path, name, args, reason):
+    """The reason names `crashed` and `hung` of GATEWAY.md's loading steps appear in the
+    log and in srv status, not only in srv check --json."""
+    import json
+    import shutil
+    app = tmp_path / "libapp.so"
+    shutil.copy(plugin("hello"), app)
+    s = serve(["--app", str(app)] + args)
+    shutil.copy(plugin(name), app)
+    mark = len(s.read_log())
+    s.signal(1)
+    s.wait_log(rf"reload failed: .*\[{reason}\]", since=mark, timeout=40)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with open(s.status_path) as f:
+            err = json.load(f).get("lastReloadError") or ""
+        if reason in err:
+            break
+        time.sleep(0.2)
+    assert f"[{reason}]" in err, err

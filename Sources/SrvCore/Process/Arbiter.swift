@@ -17,13 +17,22 @@ public final class Arbiter {
         let apps: [WorkerApp]
         var target: Int
         let startedAt = Date()
+        /// Each application's name and version as its descriptor says (mount → both), from
+        /// the first worker that loaded it.
+        var descriptors: [String: (name: String, version: String)] = [:]
         init(number: Int, settings: Settings, apps: [WorkerApp]) {
             self.number = number
             self.settings = settings
             self.apps = apps
             self.target = settings.workers
         }
-        var versions: String { apps.map { "\($0.prefix.isEmpty ? "/" : $0.prefix)=\($0.snapshot.shortHash)" }.joined(separator: " ") }
+        var versions: String {
+            apps.map { app in
+                let mount = app.prefix.isEmpty ? "/" : app.prefix
+                guard let d = descriptors[app.prefix] else { return "\(mount)=\(app.snapshot.shortHash)" }
+                return "\(mount)=\(d.name) \(d.version) (\(app.snapshot.shortHash))"
+            }.joined(separator: " ")
+        }
     }
 
     final class Worker {
@@ -475,6 +484,8 @@ public final class Arbiter {
             }
         case .failed(let reason, let message):
             w.failure = "\(message) [\(reason)]"
+        case .app(let mount, let name, let version):
+            if w.generation.descriptors[mount] == nil { w.generation.descriptors[mount] = (name, version) }
         case .retire:
             guard !w.retireRequested, w.terminatedAt == nil, case .no = stopping else { return }
             w.retireRequested = true
@@ -507,7 +518,8 @@ public final class Arbiter {
                 continue
             }
             if !w.ready {
-                let reason = w.failure ?? "worker \(pid) exited with \(how) while booting"
+                // The reason names of GATEWAY.md ("Loading"): a signal is a crash.
+                let reason = w.failure ?? "worker \(pid) exited with \(how) while booting [\(status & 0x7f != 0 ? "crashed" : "error")]"
                 if w.generation === pending {
                     failReload(reason)
                 } else {
@@ -565,7 +577,7 @@ public final class Arbiter {
         // Booting workers that never report.
         for w in workers.values where !w.ready && w.abortedAt == nil {
             if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
-                w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?)"
+                w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?) [hung]"
                 logger.error("\(w.failure!)")
                 kill(w.pid, SIGKILL)
                 w.abortedAt = Date()
@@ -755,7 +767,11 @@ public final class Arbiter {
         var status = ArbiterStatus(
             masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970, listeners: listeners.map { $0.boundDescription },
             generation: current?.number ?? 0, pendingGeneration: pending?.number,
-            apps: (current?.apps ?? []).map { ArbiterStatus.App(mount: $0.prefix.isEmpty ? "/" : $0.prefix, path: $0.snapshot.source, hash: $0.snapshot.hash) },
+            apps: (current?.apps ?? []).map { app in
+                let d = current?.descriptors[app.prefix]
+                return ArbiterStatus.App(mount: app.prefix.isEmpty ? "/" : app.prefix, name: d?.name, version: d?.version,
+                                         path: app.snapshot.source, hash: app.snapshot.hash)
+            },
             appErrors: appErrors.map { ArbiterStatus.AppError(mount: $0.key.isEmpty ? "/" : $0.key, error: $0.value) }.sorted { $0.mount < $1.mount },
             lastReloadError: lastReloadError, workers: [])
         for w in workers.values.sorted(by: { $0.started < $1.started }) {

@@ -3,7 +3,15 @@ import Glibc
 
 /// What `srv status` shows, written by the master to a small JSON file twice a second.
 public struct ArbiterStatus: Codable {
-    public struct App: Codable { public var mount: String; public var path: String; public var hash: String }
+    /// An application: where it is mounted, its descriptor's name and version (once a
+    /// worker loaded it), the file it came from and its snapshot's hash.
+    public struct App: Codable {
+        public var mount: String
+        public var name: String?
+        public var version: String?
+        public var path: String
+        public var hash: String
+    }
     public struct AppError: Codable { public var mount: String; public var error: String }
     public struct WorkerStatus: Codable {
         public var pid: Int32
@@ -40,7 +48,10 @@ public struct ArbiterStatus: Codable {
         var lines: [String] = []
         lines.append("master \(masterPID), up \(Self.duration(Date().timeIntervalSince1970 - startedAt)), listening on \(listeners.joined(separator: ", "))")
         lines.append("generation \(generation)\(pendingGeneration.map { " (generation \($0) booting)" } ?? "")")
-        for a in apps { lines.append("  app \(a.mount)  \(a.path)  version \(a.hash.prefix(12))") }
+        for a in apps {
+            let named = a.name.map { "\($0) \(a.version ?? "")  " } ?? ""
+            lines.append("  app \(a.mount)  \(named)\(a.path)  sha256 \(a.hash.prefix(12))")
+        }
         for e in appErrors { lines.append("  app \(e.mount)  NOT LOADED: \(e.error)") }
         if let e = lastReloadError { lines.append("last reload failed: \(e)") }
         lines.append("workers:")

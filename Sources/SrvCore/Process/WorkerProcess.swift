@@ -30,18 +30,32 @@ public enum WorkerMessage {
     case failed(reason: String, message: String)
     /// --max-requests reached: start my replacement, then retire me.
     case retire
+    /// One mounted application as its descriptor names it (sent before READY).
+    case app(mount: String, name: String, version: String)
 
     public var line: String {
         switch self {
         case .ready: return "READY\n"
         case .failed(let r, let m): return "FAIL \(r) \(m.replacingOccurrences(of: "\n", with: " "))\n"
         case .retire: return "RETIRE\n"
+        case .app(let m, let n, let v): return "APP \([m, n, v].map(Self.field).joined(separator: "\t"))\n"
         }
+    }
+
+    /// A field of a tab-separated message: the descriptor's strings are the plugin's, so no
+    /// tab or line break of theirs may split the message.
+    private static func field(_ s: String) -> String {
+        String(s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? " " : Character($0) })
     }
 
     public static func parse(_ line: Substring) -> WorkerMessage? {
         if line == "READY" { return .ready }
         if line == "RETIRE" { return .retire }
+        if line.hasPrefix("APP ") {
+            let f = line.dropFirst(4).split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 3 else { return nil }
+            return .app(mount: f[0], name: f[1], version: f[2])
+        }
         if line.hasPrefix("FAIL ") {
             let rest = line.dropFirst(5)
             let reason = rest.prefix(while: { $0 != " " })
@@ -136,6 +150,7 @@ public enum WorkerProcess {
             send(.failed(reason: "listen", message: "cannot serve on the inherited listeners: \(error)"))
             exit(3)
         }
+        for app in mounted { send(.app(mount: app.mount, name: app.plugin.name, version: app.plugin.version)) }
         send(.ready)
         logger.debug("worker \(getpid()) of generation \(generation) ready: \(mounted.map { "\($0.plugin.name) \($0.plugin.snapshot?.shortHash ?? "")" }.joined(separator: ", "))")
 
