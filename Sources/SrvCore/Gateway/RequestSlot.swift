@@ -177,7 +177,10 @@ final class RequestSlot {
 
     /// Fills environ for `head` and routes it (to `app`). Returns false when no mount
     /// matches, or throws a client error for a malformed target.
-    func prepare(head: RequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64) throws -> Bool {
+    /// - Parameter authority: an absolute-form target's authority, which names the server
+    ///   instead of Host (RFC 9112 3.2.2).
+    func prepare(head: RequestHead, connection: ConnectionInfo, router: Router, requestID: UInt64,
+                 authority: UnsafeRawBufferPointer? = nil) throws -> Bool {
         let raw = head.target
         // Room for every string we copy, each with its NUL: the target twice (raw, then query
         // and decoded path), the names and values and SERVER_NAME from Host (head.size twice
@@ -238,6 +241,7 @@ final class RequestSlot {
         }
         e.headers = UnsafePointer(headers)
         e.header_count = count
+        if let a = authority { host = put(a) }
         if let host = host, host.len > 0 {
             // SERVER_NAME is the Host header without its port.
             var len = host.len

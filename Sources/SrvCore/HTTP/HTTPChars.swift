@@ -33,10 +33,14 @@ enum HTTPChars {
     }
 
     /// A non-negative decimal without sign or spaces, or nil.
+    /// Leading zeros do not count toward the 18 digits that always fit an Int.
     static func parseDecimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
-        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
+        guard !bytes.isEmpty else { return nil }
+        var digits = bytes[...]
+        while digits.count > 1, digits.first == 48 { digits = digits.dropFirst() }
+        guard digits.count <= 18 else { return nil }
         var v = 0
-        for c in bytes {
+        for c in digits {
             guard c >= 48 && c <= 57 else { return nil }
             v = v * 10 + Int(c - 48)
         }

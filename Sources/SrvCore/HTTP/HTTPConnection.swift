@@ -86,6 +86,11 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         self.worker = worker
         self.channel = channel
         c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
+        // Any HTTP/1.x version reaches startRequest, which serves a higher minor as 1.1
+        // (RFC 9110 2.5) and answers another major with 505.
+        c_nio_llhttp_set_lenient_version(parser, 1)
+        // BWS before a chunk extension's ";" (RFC 9112 7.1.1).
+        c_nio_llhttp_set_lenient_spaces_after_chunk_size(parser, 1)
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
     }
 
@@ -203,8 +208,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             if takesInput { resumeReads(context: context) }
         }
         while buffer.readableBytes > 0 {
-            // srv serves no other protocol: after an Upgrade or CONNECT the rest is dropped.
-            if upgraded { return }
+            // srv serves no other protocol: after an Upgrade or CONNECT request (and its
+            // body, which may come in later reads) the rest is dropped.
+            if upgraded { if case .readingBody = phase {} else { return } }
+            // Between messages or inside a head: trailing tabs of field values become
+            // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5).
+            if case .idle = phase { RequestValidation.spaceTrailingTabs(in: &buffer) }
             var consumed = 0
             let rc = withUnsafeMutablePointer(to: &buffer) { buffer -> llhttp_errno_t in
                 input = buffer
@@ -231,7 +240,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                     return
                 }
             default:
-                parseFailed(rc, context: context)
+                parseFailed(rc, input: buffer, context: context)
                 return
             }
         }
@@ -247,7 +256,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         // No on_header_field_complete: RequestHead sees a name end when its value (or the
         // value's end) arrives, which saves a callback per field.
         s.pointee.on_header_value = { p, at, n in HTTPConnection.with(p) { $0.valueData(at!, n) } }
-        s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.head.valueComplete(); return 0 } }
+        s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.valueComplete() } }
         s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }
         s.pointee.on_body = { p, at, n in HTTPConnection.with(p) { $0.bodyData(at!, n) } }
         s.pointee.on_chunk_header = { p in HTTPConnection.with(p) { $0.chunkHeader(p!) } }
@@ -304,6 +313,17 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             return refuse(431, "the request has more than \(limit) header fields (--limit-request-fields)")
         }
         return checkFieldSize()
+    }
+
+    /// A field ends. After the head, fields are a chunked body's trailer section, where
+    /// framing, routing and request-modifier fields must not appear (RFC 9110 6.5.1).
+    private func valueComplete() -> Int32 {
+        head.valueComplete()
+        if head.isComplete, head.fieldCount > 0, RequestValidation.isForbiddenInTrailer(head.name(head.fieldCount - 1)) {
+            let name = String(decoding: head.name(head.fieldCount - 1).prefix(64), as: UTF8.self)
+            return refuse(400, "the trailer section has the field \(name), which a trailer must not carry (RFC 9110 6.5.1)")
+        }
+        return 0
     }
 
     private func valueData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
@@ -371,10 +391,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
 
     /// A framing error, or a callback's refusal: answer it, then close. llhttp stops at
     /// the error for good, so no byte after it reaches an application.
-    private func parseFailed(_ rc: llhttp_errno_t, context: ChannelHandlerContext) {
+    private func parseFailed(_ rc: llhttp_errno_t, input: ByteBuffer, context: ChannelHandlerContext) {
         let status: Int, message: String
         if let r = refusal {
             (status, message) = r
+        } else if rc == HPE_INVALID_METHOD, let method = Self.unknownMethod(in: input) {
+            (status, message) = (501, "the method \(method) is not implemented; srv serves the methods of RFC 9110 and WebDAV's")
         } else {
             (status, message) = Self.describe(rc, reason: c_nio_llhttp_get_error_reason(parser).map { String(cString: $0) } ?? "")
             worker.log(.info, "rejected a request from \(info?.remoteAddress ?? "?") with \(status): \(message)")
@@ -382,6 +404,17 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         refusal = nil
         recycleSlot()
         reject(status: status, message: message, context: context)
+    }
+
+    /// The method of a request llhttp refused as an unknown method, when it is a token (then
+    /// the answer is 501, RFC 9110 9.1); nil for a malformed request line. A message
+    /// starts at the beginning of the input llhttp was given (it pauses after each one).
+    private static func unknownMethod(in input: ByteBuffer) -> String? {
+        input.withUnsafeReadableBytes { raw -> String? in
+            guard let space = raw.firstIndex(of: UInt8(ascii: " ")) else { return nil }
+            let method = UnsafeRawBufferPointer(rebasing: raw[..<space])
+            return RequestValidation.isToken(method) ? String(decoding: method.prefix(32), as: UTF8.self) : nil
+        }
     }
 
     static func describe(_ rc: llhttp_errno_t, reason: String) -> (Int, String) {
@@ -426,6 +459,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             refusal = (505, "HTTP version \(head.versionMajor).\(head.versionMinor) is not supported; expected HTTP/1.0 or HTTP/1.1")
             return false
         }
+        // A higher minor of HTTP/1 is served as the highest srv implements (RFC 9110 2.5).
+        if head.versionMinor > 1 { head.versionMinor = 1 }
         var contentLength: Int?
         var contentLengthCount = 0
         var transferEncoding: UnsafeRawBufferPointer?
@@ -433,6 +468,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         var expect: UnsafeRawBufferPointer?
         var forwardedFor: String?, forwardedProto: String?
         var hostCount = 0
+        var host: UnsafeRawBufferPointer?
+        var connectionClose = false, connectionKeepAlive = false
         let trusted = info.trustedProxy
         for i in 0..<head.fieldCount {
             let name = head.name(i), value = head.value(i)
@@ -449,6 +486,13 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 transferEncoding = value
             case 4 where HTTPChars.equalsLower(name, "host"):
                 hostCount += 1
+                host = value
+            case 10 where HTTPChars.equalsLower(name, "connection"):
+                // srv reads the tokens itself (trimmed of spaces and tabs): llhttp takes
+                // "close\t" for no close.
+                let options = RequestValidation.connectionOptions(value)
+                connectionClose = connectionClose || options.close
+                connectionKeepAlive = connectionKeepAlive || options.keepAlive
             case 6 where HTTPChars.equalsLower(name, "expect"):
                 expect = value
             case 15 where trusted && HTTPChars.equalsLower(name, "x-forwarded-for"):
@@ -462,6 +506,21 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             refusal = (400, hostCount > 1 ? "a request must have one Host header, found \(hostCount)" : "an HTTP/1.1 request must have a Host header")
             return false
         }
+        if let host = host, !RequestValidation.isValidHost(host) {
+            refusal = (400, "invalid Host \"\(String(decoding: host.prefix(64), as: UTF8.self))\"; expected host[:port] (RFC 9112 3.2)")
+            return false
+        }
+        // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+        let authority = RequestValidation.absoluteFormAuthority(head.target)
+        if let a = authority, a.contains(UInt8(ascii: "@")) || a.isEmpty || !RequestValidation.isValidHost(a) {
+            refusal = (400, "invalid authority \"\(String(decoding: a.prefix(64), as: UTF8.self))\" in the request target; expected host[:port] without userinfo")
+            return false
+        }
+        if head.targetLength == 1, head.target[0] == UInt8(ascii: "*"), !HTTPChars.equalsLower(head.methodName, "options") {
+            refusal = (400, "the asterisk-form target * is only for OPTIONS (RFC 9112 3.2.4)")
+            return false
+        }
+        head.keepAlive = head.versionMinor >= 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
         if let te = transferEncoding {
             if transferEncodingCount > 1 || !HTTPChars.equalsLower(te, "chunked") {
                 refusal = (501, "Transfer-Encoding \"\(String(decoding: te.prefix(40), as: UTF8.self))\"\(transferEncodingCount > 1 ? " (repeated)" : "") is not supported; srv accepts only chunked")
@@ -471,6 +530,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 refusal = (400, "a request must not have both Content-Length and Transfer-Encoding")
                 return false
             }
+            // HTTP/1.0 has no Transfer-Encoding: the framing is faulty, so the request is
+            // answered and the connection closed (RFC 9112 6.1).
+            if head.versionMinor == 0 { closeAfterResponse = true }
         }
         if let length = contentLength, length > worker.limits.body {
             refusal = (413, "the request body is \(length) bytes, larger than the limit of \(worker.limits.body) (--limit-request-body)")
@@ -494,7 +556,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             ? info.forwarded(for: forwardedFor, proto: forwardedProto) : info!
         do {
             guard try slot.prepare(head: head, connection: connection, router: worker.router,
-                                   requestID: worker.nextRequestID()) else {
+                                   requestID: worker.nextRequestID(), authority: authority) else {
                 worker.releaseSlot(slot)
                 phase = .discardingBody(status: 404, message: "Not Found")
                 return true

@@ -1,0 +1,150 @@
+import Glibc
+import NIOCore
+
+/// The checks of a request head that RFC 9112 and RFC 9110 ask of a server, beyond what
+/// llhttp's framing already enforces. Pure functions on the head's bytes.
+enum RequestValidation {
+    /// A Host value (or an absolute-form target's authority): `host[:port]`, where host is
+    /// a reg-name (unreserved, pct-encoded and sub-delims characters), an IPv4 address, or
+    /// an IP literal in brackets (RFC 9112 3.2, RFC 3986 3.2.2). No userinfo, no spaces,
+    /// no slashes, no bare IPv6, nothing outside ASCII. An empty value is valid (a target
+    /// without authority).
+    static func isValidHost(_ value: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        let n = value.count
+        if n == 0 { return true }
+        if value[0] == UInt8(ascii: "[") {
+            guard let close = value.firstIndex(of: UInt8(ascii: "]")), close > 1 else { return false }
+            for c in value[1..<close] where !(isHex(c) || c == UInt8(ascii: ":") || c == UInt8(ascii: ".")) { return false }
+            i = close + 1
+        } else {
+            while i < n, value[i] != UInt8(ascii: ":") {
+                let c = value[i]
+                if c == UInt8(ascii: "%") {
+                    guard i + 2 < n, isHex(value[i + 1]), isHex(value[i + 2]) else { return false }
+                    i += 3
+                    continue
+                }
+                guard isRegName(c) else { return false }
+                i += 1
+            }
+        }
+        if i == n { return true }
+        guard value[i] == UInt8(ascii: ":") else { return false }
+        for c in value[(i + 1)...] where !(c >= 48 && c <= 57) { return false }
+        return true
+    }
+
+    /// The authority of an absolute-form target (`http://authority/path`), or nil for
+    /// another form. A userinfo (`user@`) is returned too, for the caller to refuse.
+    static func absoluteFormAuthority(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let skip: Int
+        if hasPrefixLower(target, "http://") { skip = 7 } else if hasPrefixLower(target, "https://") { skip = 8 } else { return nil }
+        var end = skip
+        while end < target.count, target[end] != UInt8(ascii: "/"), target[end] != UInt8(ascii: "?"), target[end] != UInt8(ascii: "#") {
+            end += 1
+        }
+        return UnsafeRawBufferPointer(rebasing: target[skip..<end])
+    }
+
+    /// The tokens of a Connection header value that decide persistence.
+    static func connectionOptions(_ value: UnsafeRawBufferPointer) -> (close: Bool, keepAlive: Bool) {
+        var close = false, keepAlive = false
+        for part in value.split(separator: UInt8(ascii: ",")) {
+            let token = trimmed(UnsafeRawBufferPointer(rebasing: part))
+            if HTTPChars.equalsLower(token, "close") { close = true }
+            if HTTPChars.equalsLower(token, "keep-alive") { keepAlive = true }
+        }
+        return (close, keepAlive)
+    }
+
+    /// Fields a sender must not put in a trailer section (RFC 9110 6.5.1): framing
+    /// (Content-Length, Transfer-Encoding, TE, Trailer), routing (Host), connection
+    /// management, request modifiers (controls, conditionals, credentials) and content
+    /// metadata. srv refuses a request that sends one rather than guess.
+    static func isForbiddenInTrailer(_ name: UnsafeRawBufferPointer) -> Bool {
+        for forbidden in forbiddenTrailers where HTTPChars.equalsLower(name, forbidden) { return true }
+        if name.count > 3, HTTPChars.equalsLower(UnsafeRawBufferPointer(rebasing: name[0..<3]), "if-") { return true }
+        return false
+    }
+
+    private static let forbiddenTrailers: [StaticString] = [
+        "content-length", "transfer-encoding", "te", "trailer", "host", "connection", "keep-alive", "upgrade",
+        "proxy-connection", "expect", "max-forwards", "cache-control", "range", "authorization",
+        "proxy-authorization", "cookie", "content-type", "content-encoding", "content-range", "content-location",
+    ]
+
+    /// A method is a token (RFC 9110 9.1): one llhttp does not know gets 501, garbage 400.
+    static func isToken(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        !bytes.isEmpty && bytes.allSatisfy { HTTPChars.isToken($0) }
+    }
+
+    /// In the head at the start of `buffer` (up to its blank line, or all of it while the
+    /// head is incomplete), a tab that is trailing whitespace of a field value (only spaces
+    /// and tabs follow before CR LF) becomes a space. llhttp reads a trailing space as the
+    /// optional whitespace RFC 9112 5 says it is, but takes `chunked\t` or `5\t` for
+    /// another value. A tab anywhere else is left alone. Costs a memchr per read that has
+    /// no tab in its head.
+    static func spaceTrailingTabs(in buffer: inout ByteBuffer) {
+        let hasTab = buffer.withUnsafeReadableBytes { raw -> Bool in
+            guard let base = raw.baseAddress, raw.count > 0 else { return false }
+            // The whole read first (memchr is fast); the head's end only when there is a tab.
+            guard memchr(base, 0x09, raw.count) != nil else { return false }
+            return memchr(base, 0x09, headLength(raw)) != nil
+        }
+        guard hasTab else { return }
+        buffer.withUnsafeMutableReadableBytes { raw in
+            let end = headLength(UnsafeRawBufferPointer(raw))
+            var i = 0
+            while i < end {
+                guard raw[i] == 0x09 else { i += 1; continue }
+                var j = i
+                while j < end, raw[j] == 0x09 || raw[j] == 0x20 { j += 1 }
+                if j < end, raw[j] == 0x0d {
+                    for k in i..<j where raw[k] == 0x09 { raw[k] = 0x20 }
+                }
+                i = j
+            }
+        }
+    }
+
+    /// The bytes of a head at the start of `raw`: through its CR LF CR LF, or all of them.
+    private static func headLength(_ raw: UnsafeRawBufferPointer) -> Int {
+        var i = 0
+        while i + 3 < raw.count {
+            if raw[i] == 0x0d, raw[i + 1] == 0x0a, raw[i + 2] == 0x0d, raw[i + 3] == 0x0a { return i + 4 }
+            i += 1
+        }
+        return raw.count
+    }
+
+    // MARK: - Bytes
+
+    private static func isHex(_ c: UInt8) -> Bool {
+        (c >= 48 && c <= 57) || (c | 0x20 >= UInt8(ascii: "a") && c | 0x20 <= UInt8(ascii: "f"))
+    }
+
+    private static func isRegName(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"),
+             UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="):
+            return true
+        default:
+            return false
+        }
+    }
+
+    private static func hasPrefixLower(_ bytes: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
+        bytes.count >= prefix.utf8CodeUnitCount && HTTPChars.equalsLower(UnsafeRawBufferPointer(rebasing: bytes[0..<prefix.utf8CodeUnitCount]), prefix)
+    }
+
+    private static func trimmed(_ b: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var start = 0, end = b.count
+        while start < end, b[start] == 0x20 || b[start] == 0x09 { start += 1 }
+        while end > start, b[end - 1] == 0x20 || b[end - 1] == 0x09 { end -= 1 }
+        return UnsafeRawBufferPointer(rebasing: b[start..<end])
+    }
+}
