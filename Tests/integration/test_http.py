@@ -851,8 +851,6 @@ BAD_REQUESTS = {
         b"GARBAGE\r\n\r\n",
     "request-line-without-version":
         b"GET /counter\r\n" + HOST.encode() + b"\r\n",
-    "bad-version":
-        req("GET", "/counter", version="HTTP/2.7"),
     "bad-protocol-name":
         req("GET", "/counter", version="FOO/1.1"),
     "bad-version-format":
