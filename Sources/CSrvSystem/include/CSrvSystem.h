@@ -34,6 +34,10 @@ int srv_sys_pipe_cloexec(int fds[2]);
  *  connections still waiting in a listen queue (accept4 needs _GNU_SOURCE). */
 int srv_sys_accept_nonblocking(int fd);
 
+/** Bytes of a connected socket's send queue the peer has not taken yet (TIOCOUTQ), or -1:
+ *  a response NIO finished writing may still be on its way to a slow reader. */
+int srv_sys_unsent_bytes(int fd);
+
 /** Asks the kernel to send `sig` to this process when its parent exits. */
 int srv_sys_set_parent_death_signal(int sig);
 

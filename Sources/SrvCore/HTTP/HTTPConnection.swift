@@ -1,4 +1,5 @@
 import CNIOLLHTTP
+import CSrvSystem
 import Glibc
 import NIOCore
 import NIOHTTP1
@@ -961,7 +962,15 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             let idleFor = TimeAmount.nanoseconds(Int64(CoarseClock.now() &- self.lastActivity))
             let allowed: TimeAmount
             switch self.phase {
-            case .idle where self.nioWrites == 0: allowed = limit
+            case .idle where self.nioWrites == 0:
+                // What NIO wrote may still wait in the kernel for a slow reader: the
+                // connection is idle from when that is gone too.
+                if let fd = self.directSocket(context, now: true), srv_sys_unsent_bytes(fd) > 0 {
+                    self.lastActivity = CoarseClock.now()
+                    self.armIdleTimer(context: context)
+                    return
+                }
+                allowed = limit
             case .readingBody: allowed = .nanoseconds(Int64(self.worker.settings.bodyTimeout * 1e9))
             default:
                 // Idle means nothing left to send: a slow reader keeps its connection.
