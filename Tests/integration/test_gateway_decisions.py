@@ -279,8 +279,9 @@ def test_content_length_is_the_decoded_length_of_a_body_the_request_has(app, fra
 
 
 def test_transfer_encoding_is_not_in_headers(app):
-    """"srv leaves out Transfer-Encoding (it has removed the chunked coding: the body the
-    application reads is CONTENT_LENGTH bytes)"."""
+    """headers: "Two kinds of field are left out: Transfer-Encoding, because srv has
+    removed the chunked coding (the body input gives is content_length bytes, not
+    chunked)"."""
     env = environ_json(app.port, "POST /environ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n",
                        body=b"5\r\nhello\r\n0\r\n\r\n")
     names = [name.lower() for name, _ in env["headers"]]
@@ -289,7 +290,7 @@ def test_transfer_encoding_is_not_in_headers(app):
 
 
 def test_header_names_with_an_underscore_are_left_out(app):
-    """"and fields whose name contains _ (they would collide with CGI names)"."""
+    """headers: "... and any field whose name contains _"."""
     env = environ_json(app.port, "GET /environ HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\nX-Dash: 2\r\n")
     names = [name for name, _ in env["headers"]]
     assert "X_Under" not in names and "X-Dash" in names, names
@@ -377,6 +378,9 @@ def test_on_a_unix_socket_the_addresses_and_ports_are_empty(serve):
     ("/other/x%2F..%2F..%2Fapp/y", b"/app", b"/y"),
 ])
 def test_path_info_is_decoded_and_resolved_before_mounts_match(paths, target, script_name, path_info):
+    """The path: decoded once (%2F a slash like any other), dot segments resolved, then
+    mounts matched; "script_name + path_info is the decoded, resolved path"; request_uri
+    stays raw."""
     status, env = decisions_environ(paths.port, target)
     assert status == 200, (target, status)
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (script_name, path_info), (target, env)
@@ -386,8 +390,9 @@ def test_path_info_is_decoded_and_resolved_before_mounts_match(paths, target, sc
 @pytest.mark.parametrize("target", ["/app/x%00.txt", "/app/%00", "/app/%zz", "/app/%4", "/app/%", "/app/%%41",
                                     "/../app/x", "/app/../../app/x", "/app/%2e%2e/%2e%2e/app/x"])
 def test_a_nul_an_invalid_escape_or_a_climb_above_the_root_is_a_400(paths, target):
-    """"A %00 (a path with a NUL byte), a % not followed by two hexadecimal digits, and a
-    .. that would climb above / make the request a 400 Bad Request"; no application sees it."""
+    """"A % not followed by two hexadecimal digits, and %00 ..., make the request 400 Bad
+    Request"; "A .. with no segment before it (one that would climb above /) makes the
+    request a 400"."""
     r = request(paths.port, path=target)
     assert r.status == 400, (target, r)
 
@@ -402,8 +407,9 @@ def test_mounts_match_whole_segments(paths):
 # ---------------------------------------------------------------------------------------
 
 def test_the_client_of_a_crashed_request_gets_no_response(serve):
-    """"its client sees the connection close without a byte of the response (nothing
-    was written)"; srv does not retry it; the master starts a new worker."""
+    """"its client receives no response: the connection closes (EOF or a reset) without a
+    byte of the response when nothing had been written"; "srv does not retry the
+    request"; the master starts a new worker."""
     s = serve(["--app", plugin("conformance")])
     mark = len(s.read_log())
     assert exchange("GET /crash HTTP/1.1\r\nHost: x\r\n\r\n", port=s.port) == b""
@@ -517,20 +523,25 @@ def test_a_status_without_the_space_is_invalid(mixed):
 # An application that crashes while loading
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["app", "mount"])
-def test_an_app_that_crashes_while_loading_at_startup_stops_the_master(how):
-    """"At startup, an application named with --app or --mount that srv refuses, crashed
-    included, stops srv: the master logs a CRITICAL line naming the file and the reason,
-    and exits with status 1"."""
-    bad = plugin("loadcrash")
+@pytest.mark.parametrize("how, name, reason, signal", [
+    ("app", "loadcrash", "crashed", "SIGSEGV"),
+    ("mount", "loadcrash", "crashed", "SIGSEGV"),
+    ("app", "loadhang", "hung", ""),
+])
+def test_an_app_refused_at_startup_stops_the_master(how, name, reason, signal):
+    """"At startup, an application named with --app, --mount or the configuration file
+    that srv refuses, for any reason (crashed and hung included), stops srv: before it
+    reports ready, the master logs a CRITICAL line that names the file and the reason
+    name ..., stops its workers, and exits with status 1"."""
+    bad = plugin(name)
     args = ["--app", bad] if how == "app" else ["--mount", f"/good={plugin('conformance')}", "--mount", f"/bad={bad}"]
-    s = Server(args, wait=False)
+    s = Server(args + ["--boot-timeout", "3"], wait=False)
     try:
         rc = wait_exit(s)
         log = s.read_log()
         assert rc == 1, f"srv exited with {rc}:\n{log}"
         critical = [line for line in log.splitlines() if "[CRITICAL]" in line]
-        assert any(bad in line and "[crashed]" in line and "SIGSEGV" in line for line in critical), log
+        assert any(bad in line and f"[{reason}]" in line and signal in line for line in critical), log
         assert "ready" not in log, log
     finally:
         s.stop()
@@ -550,3 +561,36 @@ def test_with_apps_dir_an_app_that_crashes_while_loading_leaves_the_others_servi
         assert s.proc.poll() is None
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_request_that_crashes_a_booting_worker_does_not_stop_the_master():
+    """"Only loading counts: a worker that crashes while serving a request, even one that
+    arrived before srv reported ready, never stops srv; the master replaces it." Requests
+    queued on the listener before the first worker exists are served the moment it
+    starts, before its READY reaches the master."""
+    s = Server(["--app", plugin("conformance")], wait=False)
+    try:
+        s.wait_log(r"listening at", timeout=30)
+        queued = []
+        for _ in range(10):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c.sendall(b"GET /crash HTTP/1.1\r\nHost: x\r\n\r\n")
+            queued.append(c)
+        for c in queued:
+            try:
+                assert c.recv(65536) == b""
+            except ConnectionResetError:
+                pass
+            c.close()
+        deadline = time.time() + 60
+        while time.time() < deadline and s.proc.poll() is None:
+            try:
+                if request(s.port, path="/").status == 200:
+                    break
+            except (OSError, EOFError):
+                time.sleep(0.1)
+        assert s.proc.poll() is None, f"srv exited with {s.proc.returncode}:\n{s.read_log()}"
+        assert request(s.port, path="/").status == 200
+        assert "failed to boot" not in s.read_log(), s.read_log()
+    finally:
+        s.stop()

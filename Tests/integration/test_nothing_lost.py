@@ -16,6 +16,7 @@ import os
 import re
 import resource
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -475,27 +476,26 @@ def test_term_serves_queued_and_accepted_connections(serve):
         queued.append(c)
     s.signal(signal.SIGTERM)
     time.sleep(0.5)
-    lost = []
+    lost, results = [], {}
     try:
         try:
             send_request(late, "GET", "/?late")
         except OSError as e:
             lost.append(f"late: send failed {e!r}")
-        results = {}
         for name, c in [("slow", slow), ("late", late)] + [(f"queued {i}", c) for i, c in enumerate(queued)]:
             try:
                 r = c.read_response()
                 results[name] = r.status
             except (EOFError, OSError) as e:
                 lost.append(f"{name}: {e!r}")
-        assert not lost, (f"{len(lost)} of 32 connections lost at TERM ({len(results)} answered):\n"
-                          + "\n".join(lost) + f"\n{s.read_log()[-3000:]}")
-        assert results["slow"] == 200, results
-        rc = s.proc.wait(timeout=30)
-        assert rc == 0, s.read_log()
     finally:
         for c in [slow, late] + queued:
             c.close()
+    assert not lost, (f"{len(lost)} of 32 connections lost at TERM ({len(results)} answered):\n"
+                      + "\n".join(lost) + f"\n{s.read_log()[-3000:]}")
+    assert results["slow"] == 200, results
+    rc = s.proc.wait(timeout=30)
+    assert rc == 0, s.read_log()
 
 
 # ---------------------------------------------------------------------------------------
@@ -612,7 +612,8 @@ def test_hup_with_the_apps_dir_missing_keeps_every_app_and_status_shows_the_erro
     assert set(statuses) == {("/alpha/", 200), ("/beta/", 200)}, \
         f"the apps did not stay mounted: {dict(statuses)}\n{s.read_log()[-2000:]}"
     text = status(s, as_json=False)
-    assert "error" in text.lower(), f"srv status does not show the reload error ({err!r}):\n{text}"
+    assert err in text or re.search(r"(?im)^(?!\s*app\b).*(error|fail)", text), \
+        f"srv status does not show the reload error ({err!r}):\n{text}"
 
 
 def test_reload_keeps_watching_a_replaced_apps_dir(serve, tmp_path):
@@ -639,39 +640,25 @@ def test_reload_keeps_watching_a_replaced_apps_dir(serve, tmp_path):
 # 9. A worker crash behind nginx costs no GET
 # ---------------------------------------------------------------------------------------
 
-def retrying_upstreams(site):
-    """The site with each upstream that names one server naming it twice, with
-    max_fails=0: proxy_next_upstream then has a next server to retry an idempotent request
-    on (the same srv, whose other workers serve it), and the failures a crash causes never
-    mark the server down (which would answer 502 "no live upstreams")."""
-    def block(m):
-        servers = re.findall(r"^([ \t]*)server\s+([^;\s]+)[^;]*;", m.group(0), re.M)
-        if len(servers) != 1:
-            return m.group(0)
-        indent, addr = servers[0]
-        copies = int(os.environ.get("NL_COPIES", "2"))  # EXPERIMENT
-        if copies == 1:
-            return m.group(0)
-        two = "\n".join(f"{indent}server {addr} max_fails=0;" for _ in range(copies))
-        return re.sub(r"^[ \t]*server\s+[^;]+;", lambda _: two, m.group(0), count=1, flags=re.M)
-
-    site = re.sub(r"^upstream\s+\w+\s*\{.*?^\}", block, site, flags=re.M | re.S)
-    if os.environ.get("NL_NOKA"):  # EXPERIMENT
-        site = re.sub(r"^\s*keepalive 16;", "", site, flags=re.M)
-    return site
-
-
 @pytest.mark.parametrize("upstream", ["unix", "tcp"])
-def test_worker_crash_behind_nginx_costs_no_get(serve, upstream, monkeypatch):
-    """srv -w 2 behind nginx (Examples/nginx/srv-site.conf, its upstream naming srv twice
-    with max_fails=0, see retrying_upstreams), 4 client threads doing GETs through nginx
-    in a loop while workers are crashed 3 times (GET /crash sent to srv directly): every
-    GET of the client threads is a 200."""
+def test_worker_crash_behind_nginx_costs_no_get(serve, upstream):
+    """srv -w 2 behind nginx configured by Examples/nginx/srv-site.conf as shipped (one
+    `server` per upstream, keepalive 16, proxy_next_upstream error timeout http_502), 4
+    client threads doing GETs through nginx in a loop while a worker is crashed (GET
+    /crash sent to srv directly, each time once srv has 2 workers again) 3 times, or up to
+    8 until a crash has met nginx's connections: every GET of the client threads is a
+    200, and nginx did meet a crash (its error log has upstream errors), so the retries
+    were needed.
+
+    Why one `server` line is enough: a request that fails on a cached keep-alive
+    connection is retried without counting against the tries (ngx_http_upstream_next:
+    `if (u->peer.cached && ft_type == NGX_HTTP_UPSTREAM_FT_ERROR) u->peer.tries++`), and
+    with a single server nginx ignores which servers this request already tried. Naming the
+    same socket twice is worse: each dead cached connection uses up one of the two entries,
+    and when both are used nginx answers 502 "no live upstreams" (2 of 8 runs had one)."""
     import test_nginx
     if test_nginx.NGINX is None or test_nginx.OPENSSL is None:
         pytest.skip("nginx and openssl are needed (Tests/deps.sh test)")
-    monkeypatch.setattr(test_nginx, "render_site",
-                        (lambda orig: lambda *a, **kw: retrying_upstreams(orig(*a, **kw)))(test_nginx.render_site))
     tmp = tempfile.mkdtemp(prefix="srv-nginx-crash-")
     srv_tmp = os.path.join(tmp, "srv")
     os.mkdir(srv_tmp)
@@ -700,8 +687,14 @@ def test_worker_crash_behind_nginx_costs_no_get(serve, upstream, monkeypatch):
         for t in threads:
             t.start()
         time.sleep(1.0)
+        def upstream_errors():
+            with open(nginx.error_log, errors="replace") as f:
+                return len(re.findall(r"\[error\][^\n]*upstream", f.read()))
+
+        # At least 3 crashes, and more (up to 8) until one has met nginx's connections: a
+        # crashed worker may happen to hold none of them.
         crashed = 0
-        for _ in range(int(os.environ.get("NL_CRASHES", "3"))):  # EXPERIMENT
+        while crashed < 3 or (upstream_errors() == 0 and crashed < 8):
             workers = wait_for("2 workers", lambda: (lambda p: p if len(p) == 2 else None)(s.worker_pids()))
             c = Conn(s.port, timeout=10)
             try:
@@ -723,7 +716,8 @@ def test_worker_crash_behind_nginx_costs_no_get(serve, upstream, monkeypatch):
         assert not failed, (f"{len(failed)} failed GETs (and {total} good ones) through nginx while "
                             f"{crashed} workers crashed:\n" + "\n".join(failed[:20]) + f"\n{nginx.logs()}")
         assert total >= 40 and all(ok[n] > 0 for n in range(4)), f"too few GETs to show anything: {dict(ok)}"
-        assert crashed == int(os.environ.get("NL_CRASHES", "3"))
+        assert upstream_errors() >= 1, \
+            f"{crashed} crashed workers never held a connection of nginx's: the test shows nothing\n{nginx.logs()}"
     finally:
         stop.set()
         nginx.stop()
@@ -734,32 +728,78 @@ def test_worker_crash_behind_nginx_costs_no_get(serve, upstream, monkeypatch):
 # 10. New connections spread across workers
 # ---------------------------------------------------------------------------------------
 
+def burst_of_connections(port, n, timeout=30):
+    """Opens n connections at once, as a load tester starts (non-blocking connects in a
+    row, before any is answered), sends one keep-alive GET /counter on each as soon as it
+    is connected, and reads each response. Returns (sockets, the pid that served each)."""
+    sel = selectors.DefaultSelector()
+    socks = []
+    for _ in range(n):
+        so = socket.socket()
+        so.setblocking(False)
+        try:
+            so.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(so)
+        sel.register(so, selectors.EVENT_WRITE, {"buf": b"", "sent": False})
+    pids, deadline = {}, time.time() + timeout
+    try:
+        while len(pids) < n:
+            assert time.time() < deadline, f"{len(pids)} of {n} connections answered in {timeout} s"
+            for key, _ in sel.select(0.2):
+                so, d = key.fileobj, key.data
+                if not d["sent"]:
+                    err = so.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    assert err == 0, f"connect failed: {os.strerror(err)}"
+                    so.sendall(b"GET /counter HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    d["sent"] = True
+                    sel.modify(so, selectors.EVENT_READ, d)
+                    continue
+                chunk = so.recv(65536)
+                assert chunk, f"a connection closed before its response: {d['buf']!r}"
+                d["buf"] += chunk
+                head, sep, body = d["buf"].partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if sep and m and len(body) >= int(m.group(1)):
+                    assert head.startswith(b"HTTP/1.1 200"), d["buf"]
+                    pids[so] = int(body.split()[1])  # "pid P count C"
+                    sel.unregister(so)
+    finally:
+        sel.close()
+    return socks, [pids[so] for so in socks]
+
+
 @pytest.mark.parametrize("reuse_port", [False, True], ids=["default", "reuse-port"])
 def test_new_keep_alive_connections_spread_across_workers(serve, reuse_port):
-    """-w 2, 200 new connections, each doing one keep-alive request (/counter, which names
-    the worker's pid) and staying open: neither worker serves less than 30% of them, by
-    the responses and by the scoreboard of `srv status --json` (each worker's
-    `requests`)."""
+    """-w 2, 200 new connections arriving as a load tester opens them, 10 bursts of 20
+    (each burst opened at once), each connection doing one keep-alive request (/counter,
+    which names the worker's pid) and staying open. The connections spread: each burst's
+    less-served worker gets, summed over the bursts, at least 30% of the 200 (one worker
+    taking a whole burst is the loss: a load tester's connections stay where they
+    landed), and neither worker serves less than 30% in all, by the responses and by the
+    scoreboard of `srv status --json` (each worker's `requests`)."""
     args = ["--app", conformance(), "--keep-alive", "60"] + (["--reuse-port"] if reuse_port else [])
     s = serve(args, workers=2)
     pids = wait_for("2 workers", lambda: (lambda p: p if len(p) == 2 else None)(s.worker_pids()))
     wait_for("2 workers serving in srv status",
              lambda: sum(w.get("state") == "serving" for w in status(s).get("workers", [])) == 2)
     base = {w["pid"]: w["requests"] for w in status(s)["workers"]}
-    conns = []
-    served = collections.Counter()
-    n = 200
+    bursts, size = 10, 20
+    n = bursts * size
+    conns, per_burst, served = [], [], collections.Counter()
     try:
-        for i in range(n):
-            c = Conn(s.port, timeout=20)
-            send_request(c, "GET", f"/counter?c={i}")
-            r = c.read_response()
-            assert r.status == 200, r
-            served[int(r.body.split()[1])] += 1
-            conns.append(c)
+        for _ in range(bursts):
+            socks, who = burst_of_connections(s.port, size)
+            conns += socks
+            counts = collections.Counter(who)
+            per_burst.append([counts.get(p, 0) for p in pids])
+            served.update(counts)
         assert set(served) <= set(pids), (served, pids)
-        least = min(served.get(p, 0) for p in pids)
-        assert least >= 0.3 * n, f"{n} new connections over 2 workers: {dict(served)} (by /counter's pid)"
+        minority = sum(min(b) for b in per_burst)
+        assert minority >= 0.3 * n, (f"bursts of {size} new connections over 2 workers {pids}: {per_burst}; "
+                                     f"the less-served worker got {minority} of {n}")
+        assert all(served[p] >= 0.3 * n for p in pids), f"{n} new connections over 2 workers: {dict(served)}"
 
         def board():
             st = {w["pid"]: w["requests"] - base.get(w["pid"], 0) for w in status(s)["workers"]}

@@ -80,6 +80,9 @@ final class RequestSlot {
     private(set) var rule: String?
     private var bodyClosed = true
     var isHead = false
+    /// The request has Content-Length or Transfer-Encoding (CONTENT_LENGTH is then a
+    /// number, "0" included; "" means no body at all).
+    var bodyFramed = false
     var http10 = false
     var keepAlive = true
     /// The request's method and target (in environ's memory), for logs and the scoreboard.
@@ -228,6 +231,8 @@ final class RequestSlot {
             let name = head.name(i)
             // Names with "_" would collide with CGI names once mapped to HTTP_*; drop them.
             if memchr(name.baseAddress!, Int32(UInt8(ascii: "_")), name.count) != nil { continue }
+            // srv removed the chunked coding: the app sees the body as it is, without the header.
+            if name.count == 17, HTTPChars.equalsLower(name, "transfer-encoding") { continue }
             let n = put(name), v = put(head.value(i))
             headers[count] = srv_header(name: n, value: v)
             count += 1
@@ -285,33 +290,82 @@ final class RequestSlot {
         if length > 0 {
             // The arena was sized with room to spare for this.
             environ.pointee.content_length = putDecimal(UInt64(length))
+        } else if bodyFramed {
+            // Content-Length: 0, or an empty chunked body: a body of no bytes, not none.
+            environ.pointee.content_length = k.zero
         }
         readOffset = 0
     }
 
+    /// The path as applications and mounts see it (GATEWAY.md "The path"): percent-decoded
+    /// once (`%2F` is a `/` like any other; `%00` and a bad escape are refused), then with
+    /// its dot segments resolved (RFC 3986 5.2.4; a `..` above `/` is refused), NUL-terminated
+    /// in the arena. A path with neither `%` nor `.` is copied as it is.
     private func percentDecode(_ path: UnsafeRawBufferPointer) throws -> srv_str {
-        guard path.contains(UInt8(ascii: "%")) else { return put(path) }
         let start = (arena + arenaUsed).assumingMemoryBound(to: UInt8.self)
-        var n = 0, i = 0
-        while i < path.count {
-            let c = path[i]
-            if c == UInt8(ascii: "%") {
-                guard i + 2 < path.count, let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
-                    throw ClientError.badRequest("invalid percent-encoding in the request path")
+        var n = 0
+        if path.contains(UInt8(ascii: "%")) {
+            var i = 0
+            while i < path.count {
+                let c = path[i]
+                if c == UInt8(ascii: "%") {
+                    guard i + 2 < path.count, let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
+                        throw ClientError.badRequest("invalid percent-encoding in the request path")
+                    }
+                    start[n] = hi << 4 | lo
+                    guard start[n] != 0 else { throw ClientError.badRequest("the request path has an encoded NUL (%00)") }
+                    i += 3
+                } else {
+                    start[n] = c
+                    i += 1
                 }
-                start[n] = hi << 4 | lo
-                i += 3
-            } else {
-                start[n] = c
-                i += 1
+                n += 1
             }
-            n += 1
+        } else if path.count > 0 {
+            UnsafeMutableRawPointer(start).copyMemory(from: path.baseAddress!, byteCount: path.count)
+            n = path.count
+        }
+        if n > 0, memchr(start, Int32(UInt8(ascii: ".")), n) != nil {
+            guard let resolved = Self.removeDotSegments(start, n) else {
+                throw ClientError.badRequest("the request path climbs above / with \"..\"")
+            }
+            start[resolved] = 0
+            arenaUsed += n + 1
+            return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: resolved)
         }
         start[n] = 0
         arenaUsed += n + 1
         return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
     }
 
+    /// RFC 3986 5.2.4 on an absolute path, in place: "." segments go, ".." removes the
+    /// segment before it, and a final "." or ".." leaves a trailing "/". Returns the new
+    /// length, or nil for a ".." above the root.
+    static func removeDotSegments(_ p: UnsafeMutablePointer<UInt8>, _ n: Int) -> Int? {
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        guard n > 0, p[0] == slash else { return n }
+        var out = 0, i = 0
+        while i < n {
+            var j = i + 1
+            while j < n, p[j] != slash { j += 1 }
+            let length = j - i - 1, last = j >= n
+            if length == 1 && p[i + 1] == dot {
+                if last { p[out] = slash; out += 1 }
+            } else if length == 2 && p[i + 1] == dot && p[i + 2] == dot {
+                guard out > 0 else { return nil }
+                var k = out - 1
+                while k > 0, p[k] != slash { k -= 1 }
+                out = k
+                if last { p[out] = slash; out += 1 }
+            } else {
+                if out != i { memmove(p + out, p + i, j - i) }
+                out += j - i
+            }
+            i = j
+        }
+        if out == 0 { p[0] = slash; out = 1 }
+        return out
+    }
     // MARK: - The callables
 
     private func breakRule(_ text: String) {
@@ -423,7 +477,9 @@ final class RequestSlot {
     }
 
     func read(_ buf: UnsafeMutableRawPointer?, _ n: Int) -> Int {
-        guard let buf = buf, state != .idle else { return -1 }
+        guard state != .idle else { return -1 }
+        if n == 0 { return 0 }  // copies nothing, even into NULL (GATEWAY.md)
+        guard let buf = buf else { return -1 }
         let got = requestBody.read(into: buf, count: n, at: readOffset)
         if got > 0 { readOffset += got }
         return got
@@ -493,7 +549,8 @@ final class RequestSlot {
     /// Returns false when the app's Content-Length was not met (the connection must close).
     func endBody() -> Bool {
         if chunked { out.append("0\r\n\r\n") }
-        if let announced = appContentLength, !bodyless, announced != bodyBytes {
+        // For HEAD an app may announce GET's length and send nothing (GATEWAY.md "HEAD").
+        if let announced = appContentLength, !bodyless, announced != bodyBytes, !(isHead && bodyBytes == 0) {
             breakRule("Content-Length mismatch (announced \(announced), sent \(bodyBytes))")
             return false
         }
@@ -552,7 +609,8 @@ final class RequestSlot {
         case Int32(SRV_BODY_BYTES.rawValue):
             let bytes = UnsafeRawBufferPointer(start: b.data, count: b.data == nil ? 0 : b.len)
             if state == .started {
-                if let announced = appContentLength, announced != bytes.count, !(status < 200 || status == 204 || status == 304) {
+                if let announced = appContentLength, announced != bytes.count, !(status < 200 || status == 204 || status == 304),
+                   !(isHead && bytes.count == 0) {
                     return fail(app: name, rule: "Content-Length mismatch (announced \(announced), body has \(bytes.count) bytes)")
                 }
                 finalizeHead(contentLength: bytes.count)
@@ -690,6 +748,7 @@ enum ClientError: Error {
 /// environ's constant values, made once for the process.
 struct EnvironConstants {
     let empty = permanentString("")
+    let zero = permanentString("0")
     let http10 = permanentString("HTTP/1.0")
     let http11 = permanentString("HTTP/1.1")
     let http = permanentString("http")

@@ -41,7 +41,9 @@ final class ConnectionInfo {
     deinit { storage?.deallocate() }
 
     init(local: SocketAddress?, remote: SocketAddress?, forwardedAllow: AddressList) {
-        serverName = local?.ipAddress ?? "localhost"
+        // Without Host, SERVER_NAME is the listener's address; an IPv6 one in brackets, as
+        // it would be written in a Host header. A Unix socket has none: localhost.
+        serverName = local?.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "localhost"
         serverPort = local?.port.map(String.init) ?? ""
         remoteAddress = remote?.ipAddress ?? ""
         remotePort = remote?.port.map(String.init) ?? ""

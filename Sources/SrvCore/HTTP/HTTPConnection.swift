@@ -551,6 +551,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         requests += 1
         let slot = worker.acquireSlot()
         slot.isHead = head.isHEAD
+        slot.bodyFramed = contentLength != nil || transferEncoding != nil
         slot.http10 = head.versionMinor == 0
         slot.keepAlive = head.keepAlive && !closeAfterResponse && !worker.isShuttingDown
         let connection = forwardedFor != nil || forwardedProto != nil
@@ -595,6 +596,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
             }
         } else {
+            // Answers to earlier pipelined requests go to the kernel before the app runs: if
+            // it crashes the worker, they still reach the client (only a pipelined read pays).
+            if out.count > 0 { flush(context: context) }
             slot.inlineOutput = self
             let rc = slot.call()
             slot.inlineOutput = nil

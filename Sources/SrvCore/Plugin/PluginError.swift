@@ -82,7 +82,7 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
         case .loadHookFailed(let p, let app, let m):
             return "\(p): the load hook of app '\(app)' failed: \(m)"
         case .crashed(let p, let s):
-            return "\(p): the plugin crashed with \(s) while loading (in a constructor or its load hook); srv stayed up."
+            return "\(p): the plugin crashed with \(s) while loading (in a constructor or its load hook)."
         case .hung(let p, let s):
             return "\(p): the plugin did not finish loading within \(Int(s)) s (a constructor or its load hook hangs)."
         case .snapshotFailed(let p, let r):

@@ -50,6 +50,9 @@ public final class Arbiter {
         var terminatedAt: Date?
         var abortedAt: Date?
         var failure: String?
+        /// The mount whose application the booting worker is loading (LOADING), so that a
+        /// crash or a hang while booting names the file.
+        var loading: String?
         init(pid: pid_t, generation: Generation, control: Int32, scoreboard: Scoreboard) {
             self.pid = pid
             self.generation = generation
@@ -115,7 +118,7 @@ public final class Arbiter {
         let files = raiseFileLimit()
         logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? ""); \(files) open files per process")
         guard let first = prepareGeneration(settings: settings, previous: nil) else {
-            logger.critical("no application could be loaded; nothing to serve")
+            logger.critical("cannot start: \(lastReloadError ?? "no application could be loaded"); nothing to serve")
             cleanup()
             return 1
         }
@@ -436,7 +439,12 @@ public final class Arbiter {
                 return true
             }
             if Date() > deadline {
-                logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s")
+                let stuck = booting.first { !$0.ready && $0.loading != nil }
+                if let path = stuck?.loading.flatMap({ m in g.apps.first { $0.prefix == m }?.snapshot.source }) {
+                    logger.critical("worker failed to boot: \(PluginError.hung(path: path, seconds: settings.bootTimeout).description) [hung]")
+                } else {
+                    logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s [hung]")
+                }
                 killGeneration(g)
                 return false
             }
@@ -484,6 +492,8 @@ public final class Arbiter {
             }
         case .failed(let reason, let message):
             w.failure = "\(message) [\(reason)]"
+        case .loading(let mount):
+            w.loading = mount
         case .app(let mount, let name, let version):
             if w.generation.descriptors[mount] == nil { w.generation.descriptors[mount] = (name, version) }
         case .retire:
@@ -519,7 +529,7 @@ public final class Arbiter {
             }
             if !w.ready {
                 // The reason names of GATEWAY.md ("Loading"): a signal is a crash.
-                let reason = w.failure ?? "worker \(pid) exited with \(how) while booting [\(status & 0x7f != 0 ? "crashed" : "error")]"
+                let reason = w.failure ?? bootDeath(of: w, status: status)
                 if w.generation === pending {
                     failReload(reason)
                 } else {
@@ -540,6 +550,16 @@ public final class Arbiter {
                 logger.error("worker \(pid) died with \(how)\(what); replacing it")
             }
         }
+    }
+
+    /// Why a booting worker died: the application it was loading and the reason name.
+    private func bootDeath(of w: Worker, status: Int32) -> String {
+        let crashed = status & 0x7f != 0
+        if let path = w.loading.flatMap({ m in w.generation.apps.first { $0.prefix == m }?.snapshot.source }) {
+            if crashed { return "\(PluginError.crashed(path: path, signal: Spawn.signalName(status & 0x7f)).description) [crashed]" }
+            return "\(path): the worker loading it exited with \(Spawn.describe(status: status)) [error]"
+        }
+        return "worker \(w.pid) exited with \(Spawn.describe(status: status)) while booting [\(crashed ? "crashed" : "error")]"
     }
 
     /// Kills workers stuck in one request (or with a stuck event loop) past --timeout.
@@ -577,7 +597,11 @@ public final class Arbiter {
         // Booting workers that never report.
         for w in workers.values where !w.ready && w.abortedAt == nil {
             if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
-                w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?) [hung]"
+                if let path = w.loading.flatMap({ m in w.generation.apps.first { $0.prefix == m }?.snapshot.source }) {
+                    w.failure = "\(PluginError.hung(path: path, seconds: w.generation.settings.bootTimeout).description) [hung]"
+                } else {
+                    w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?) [hung]"
+                }
                 logger.error("\(w.failure!)")
                 kill(w.pid, SIGKILL)
                 w.abortedAt = Date()
@@ -700,6 +724,7 @@ public final class Arbiter {
                                                  timeout: settings.bootTimeout)
                     if !report.valid {
                         let message = (report.error ?? "invalid").replacingSnapshot(snapshot.path, with: mount.path)
+                            + (report.reason.map { " [\($0)]" } ?? "")
                         throw AppRefused(message: message)
                     }
                 }

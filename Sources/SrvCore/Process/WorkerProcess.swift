@@ -30,6 +30,8 @@ public enum WorkerMessage {
     case failed(reason: String, message: String)
     /// --max-requests reached: start my replacement, then retire me.
     case retire
+    /// About to load the application mounted here (a crash or hang now is its fault).
+    case loading(mount: String)
     /// One mounted application as its descriptor names it (sent before READY).
     case app(mount: String, name: String, version: String)
 
@@ -38,6 +40,7 @@ public enum WorkerMessage {
         case .ready: return "READY\n"
         case .failed(let r, let m): return "FAIL \(r) \(m.replacingOccurrences(of: "\n", with: " "))\n"
         case .retire: return "RETIRE\n"
+        case .loading(let m): return "LOADING \(Self.field(m))\n"
         case .app(let m, let n, let v): return "APP \([m, n, v].map(Self.field).joined(separator: "\t"))\n"
         }
     }
@@ -51,6 +54,7 @@ public enum WorkerMessage {
     public static func parse(_ line: Substring) -> WorkerMessage? {
         if line == "READY" { return .ready }
         if line == "RETIRE" { return .retire }
+        if line.hasPrefix("LOADING ") { return .loading(mount: String(line.dropFirst(8))) }
         if line.hasPrefix("APP ") {
             let f = line.dropFirst(4).split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
             guard f.count == 3 else { return nil }
@@ -104,6 +108,7 @@ public enum WorkerProcess {
 
         var mounted: [MountedApp] = []
         for app in apps {
+            send(.loading(mount: app.prefix))
             do {
                 let plugin = try Plugin(file: app.snapshot.path, displayPath: app.snapshot.source, snapshot: app.snapshot)
                 if settings.threads > 0 && !plugin.threadSafe {
@@ -144,14 +149,16 @@ public enum WorkerProcess {
         let server = WorkerServer(settings: settings, apps: mounted, logger: logger, scoreboard: scoreboard,
                                   accessLog: accessLog, generation: generation, multiprocess: settings.workers > 1)
         server.onRetire = { send(.retire) }
+        // READY before the first accept: from then on a crash is a request's, not the boot's
+        // (a request that crashes a worker must never fail a start or a reload).
+        for app in mounted { send(.app(mount: app.mount, name: app.plugin.name, version: app.plugin.version)) }
+        send(.ready)
         do {
             try server.serve(listenerFDs: (0..<listenerCount).map { WorkerChannel.firstListenerFD + Int32($0) })
         } catch {
-            send(.failed(reason: "listen", message: "cannot serve on the inherited listeners: \(error)"))
+            logger.critical("cannot serve on the inherited listeners: \(error)")
             exit(3)
         }
-        for app in mounted { send(.app(mount: app.mount, name: app.plugin.name, version: app.plugin.version)) }
-        send(.ready)
         logger.debug("worker \(getpid()) of generation \(generation) ready: \(mounted.map { "\($0.plugin.name) \($0.plugin.snapshot?.shortHash ?? "")" }.joined(separator: ", "))")
 
         let waitSet = signalSet

@@ -136,10 +136,12 @@ typedef struct srv_environ {
 
     srv_str request_method;   /* REQUEST_METHOD: "GET" */
     srv_str script_name;      /* SCRIPT_NAME: the mount point, "" for an app at "/" */
-    srv_str path_info;        /* PATH_INFO: the rest of the path, percent-decoded */
+    srv_str path_info;        /* PATH_INFO: the rest of the path, percent-decoded once,
+                                 dot segments resolved (GATEWAY.md "The path") */
     srv_str query_string;     /* QUERY_STRING: after "?", not decoded, "" when absent */
     srv_str content_type;     /* CONTENT_TYPE: "" when absent */
-    srv_str content_length;   /* CONTENT_LENGTH: decimal, "" when there is no body */
+    srv_str content_length;   /* CONTENT_LENGTH: the body's decoded length in decimal ("0"
+                                 for an empty one); "" when the request has no body at all */
     srv_str server_name;      /* SERVER_NAME */
     srv_str server_port;      /* SERVER_PORT */
     srv_str server_protocol;  /* SERVER_PROTOCOL: "HTTP/1.1" or "HTTP/1.0" */
@@ -188,11 +190,12 @@ typedef struct srv_exc_info {
  *   headers the response headers; srv copies them before returning. Do not send
  *           hop-by-hop headers (Connection, Keep-Alive, Transfer-Encoding): srv owns
  *           the framing. Content-Length, when given, must match the body.
- *   exc_info NULL normally. Non-NULL replaces an earlier status and headers when
- *           nothing has been sent yet; once the body has started it makes srv abort
+ *   exc_info NULL normally. Non-NULL replaces an earlier status and headers until the
+ *           response is committed (GATEWAY.md "The commit point": the first write with
+ *           len > 0, or the return with a body); after that it makes srv abort
  *           the connection (the client sees a truncated response), as PEP 3333 does.
  * Returns the write callable, or NULL when the call broke a rule (see GATEWAY.md);
- * a broken rule turns the response into a 500 when nothing has been sent yet.
+ * a broken rule turns the response into a 500 while it is not committed.
  * Valid only until srv_gateway_app returns; any thread, one call at a time.
  */
 typedef srv_write_fn (*srv_start_response_fn)(const char *status, const srv_header *headers,
