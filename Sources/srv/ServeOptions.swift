@@ -14,8 +14,9 @@ struct ServeOptions: ParsableArguments {
     var bind: [String] = []
     @Option(name: .customLong("backlog"), help: "The listen backlog (default 2048).")
     var backlog: Int?
-    @Flag(name: .customLong("reuse-port"), help: "Give each worker a TCP listening socket of its own (SO_REUSEPORT): the kernel spreads new connections evenly; a worker that dies loses the connections waiting in its queue.")
-    var reusePort = false
+    @Flag(name: .customLong("reuse-port"), inversion: .prefixedNo,
+          help: "Give each worker a TCP listening socket of its own (SO_REUSEPORT): the kernel spreads new connections evenly; but a worker that retires (a reload) or dies loses the connections waiting in its queue unless net.ipv4.tcp_migrate_req=1. Off by default.")
+    var reusePort: Bool?
     @Option(name: [.customShort("w"), .customLong("workers")], help: "Number of worker processes (default 1).")
     var workers: Int?
     @Option(name: .customLong("threads"), help: "Run the application on N threads per worker (thread-safe apps only). Default 0: inline on the event loop.")
@@ -114,7 +115,7 @@ struct ServeOptions: ParsableArguments {
         if let v = appsDir { s.appsDir = v }
         if !bind.isEmpty { s.binds = bind }
         if let v = backlog { s.backlog = v }
-        if reusePort { s.reusePort = true }
+        if let v = reusePort { s.reusePort = v }
         if let v = workers { s.workers = v }
         if let v = threads { s.threads = v }
         if let v = keepAlive { s.keepAlive = v }

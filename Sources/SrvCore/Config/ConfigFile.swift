@@ -9,6 +9,8 @@ public enum ConfigFile {
 
     /// Names that are switches: `reload = true` becomes `--reload`, `false` omits it.
     public static let switches: Set<String> = ["reload", "proxy-protocol", "reuse-port"]
+    /// Switches whose default is decided by srv: `false` becomes `--no-NAME`.
+    static let invertible: Set<String> = ["reuse-port"]
 
     /// One setting of the file: its line number, its name and the flag arguments it becomes.
     public struct Line {
@@ -43,7 +45,7 @@ public enum ConfigFile {
             if switches.contains(name) {
                 switch value.lowercased() {
                 case "true", "yes", "on", "1": args.append("--\(name)")
-                case "false", "no", "off", "0": break
+                case "false", "no", "off", "0": if invertible.contains(name) { args.append("--no-\(name)") }
                 default: throw ParseError(description: "\(path) line \(index + 1): \(name) expects true or false, found \"\(value)\"")
                 }
             } else {

@@ -14,8 +14,13 @@ public struct Settings: Codable, Equatable {
     public var appsDir: String?
     public var binds: [String] = []
     public var backlog = 2048
-    /// One SO_REUSEPORT listening socket per worker (Gunicorn's --reuse-port).
-    public var reusePort = false
+    /// One SO_REUSEPORT listening socket per worker (Gunicorn's --reuse-port). Off by
+    /// default: a retiring or crashing worker's own queue dies with its socket, so a reload
+    /// could reset connections (unless the kernel migrates them, net.ipv4.tcp_migrate_req).
+    public var reusePort: Bool?
+
+    /// Whether the TCP listeners srv opens give each worker a socket of its own.
+    public var effectiveReusePort: Bool { reusePort ?? false }
     public var workers = 1
     public var threads = 0
     public var keepAlive = 2.0

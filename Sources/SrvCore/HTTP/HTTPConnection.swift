@@ -188,7 +188,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A client that resets or leaves is ordinary; anything else is srv's own failure
         // and the operator must see why a connection was dropped.
-        if !AcceptErrorLogger.isPeerGone(error) {
+        if !AcceptHandler.isPeerGone(error) {
             worker.log(.warning, "closing the connection from \(info.remoteAddress): \(error)")
         }
         if case .responding = phase {} else { context.close(promise: nil) }

@@ -69,7 +69,10 @@ public final class WorkerServer {
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptErrorLogger(logger: self.logger))
+                        // Workers sharing one socket (no --reuse-port) pace their accepts.
+                        let shared = self.settings.workers > 1 && !self.settings.effectiveReusePort
+                        try channel.pipeline.syncOperations.addHandler(
+                            AcceptHandler(logger: self.logger, pacing: shared ? .microseconds(200) : nil))
                     }
                 }
                 // One accept per wake-up: every worker polls the shared listener, and one

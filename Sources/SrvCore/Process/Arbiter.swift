@@ -88,6 +88,9 @@ public final class Arbiter {
     /// only this master adds or deletes files there.
     let snapshotRoot: String
     let snapshotDirectory: String
+    /// The TCP listeners were opened for --reuse-port (decided once, at start): the
+    /// master's own sockets hold the addresses without listening.
+    var reusingPorts = false
 
     public init(configuration: ConfigurationSource, settings: Settings) {
         self.configuration = configuration
@@ -253,6 +256,9 @@ public final class Arbiter {
         let env = ProcessInfo.processInfo.environment
         // Inherited from the old master (USR2) or from systemd (socket activation).
         if let n = env["SRV_INHERIT_LISTENERS"].flatMap(Int.init), n > 0 {
+            // The old master's sockets: for --reuse-port they hold the address without
+            // listening, and the new master's workers get sockets of their own as well.
+            reusingPorts = env["SRV_INHERIT_REUSEPORT"] == "1"
             return (0..<n).map { inheritedListener(fd: 3 + Int32($0)) }
         }
         if let n = env["LISTEN_FDS"].flatMap(Int.init), n > 0,
@@ -265,7 +271,8 @@ public final class Arbiter {
             // With --reuse-port each worker gets a listening socket of its own (see
             // workerListenerFDs); the master's holds the address without listening.
             let reuse: Bool
-            if case .tcp = address { reuse = settings.reusePort } else { reuse = false }
+            if case .tcp = address { reuse = settings.effectiveReusePort } else { reuse = false }
+            if reuse { reusingPorts = true }
             return try Listener.open(address, backlog: settings.backlog, umask: settings.umask, reusePort: reuse,
                                      listening: !reuse)
         }
@@ -328,7 +335,7 @@ public final class Arbiter {
     /// master's socket.
     private func workerListenerFDs() -> [(fd: Int32, own: Bool)] {
         listeners.map { l in
-            guard settings.reusePort, case .tcp = l.address, case .success(let bound) = BindAddress.parse(l.boundDescription) else {
+            guard reusingPorts, case .tcp = l.address, case .success(let bound) = BindAddress.parse(l.boundDescription) else {
                 return (l.fd, false)
             }
             do {
@@ -385,7 +392,7 @@ public final class Arbiter {
             defer { for (fd, own) in listenerFDs where own { close(fd) } }
             let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
                                     extraEnvironment: environment,
-                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_OLD_MASTER_PID"])
+                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID"])
             close(pipe.write)
             _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
             let w = Worker(pid: pid, generation: generation, control: pipe.read, scoreboard: scoreboard)
@@ -441,7 +448,7 @@ public final class Arbiter {
             if Date() > deadline {
                 let stuck = booting.first { !$0.ready && $0.loading != nil }
                 if let path = stuck?.loading.flatMap({ m in g.apps.first { $0.prefix == m }?.snapshot.source }) {
-                    logger.critical("worker failed to boot: \(PluginError.hung(path: path, seconds: settings.bootTimeout).description) [hung]")
+                    logger.critical("worker failed to boot: \(PluginError.hung(path: path, seconds: settings.bootTimeout).description) (--boot-timeout \(settings.bootTimeout) s) [hung]")
                 } else {
                     logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s [hung]")
                 }
@@ -598,7 +605,7 @@ public final class Arbiter {
         for w in workers.values where !w.ready && w.abortedAt == nil {
             if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
                 if let path = w.loading.flatMap({ m in w.generation.apps.first { $0.prefix == m }?.snapshot.source }) {
-                    w.failure = "\(PluginError.hung(path: path, seconds: w.generation.settings.bootTimeout).description) [hung]"
+                    w.failure = "\(PluginError.hung(path: path, seconds: w.generation.settings.bootTimeout).description) (--boot-timeout \(w.generation.settings.bootTimeout) s) [hung]"
                 } else {
                     w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?) [hung]"
                 }
@@ -765,6 +772,7 @@ public final class Arbiter {
         do {
             let pid = try Spawn.srv(["serve"] + args, executable: access(Spawn.installedExecutable, X_OK) == 0 ? Spawn.installedExecutable : Spawn.executable, fds: listeners.map { $0.fd },
                                     extraEnvironment: ["SRV_INHERIT_LISTENERS": String(listeners.count),
+                                                       "SRV_INHERIT_REUSEPORT": reusingPorts ? "1" : "0",
                                                        "SRV_OLD_MASTER_PID": String(getpid())],
                                     removing: ["LISTEN_FDS", "LISTEN_PID"])
             reexecChild = pid
