@@ -12,6 +12,7 @@ break. The conformance app (Examples/conformance/conformance.c) serves every bod
 /echo a bytes body (the request's), /write-big write(), /big an iterator, /file a file.
 """
 import collections
+import json
 import os
 import re
 import resource
@@ -140,7 +141,6 @@ def cpu_seconds(pid):
 def status(server, as_json=True, timeout=5):
     """`srv status --status-file F [--json]`, retried for a moment (the master writes the
     file twice a second, so right after "ready" it may not exist yet)."""
-    import json
     cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
     deadline = time.time() + timeout
     while True:
@@ -219,9 +219,10 @@ BODY = 8 * MiB  # 8 s at the slow reader's 1 MiB/s, against --keep-alive 1
 @pytest.mark.parametrize("kind", ["bytes", "write", "iterator", "file"])
 def test_slow_keep_alive_reader_gets_every_byte_then_a_second_response(serve, kind, tmp_path):
     """An 8 MiB body read at 1 MiB/s with --keep-alive 1 on a keep-alive connection: every
-    byte arrives (the connection is not idle while response bytes are queued), then a
-    second request on the same connection is answered. Bytes body: /echo of an 8 MiB
-    upload; write(): /write-big; iterator: /big; file: /file (sendfile)."""
+    byte arrives (the connection is not idle while response bytes are queued, in srv or in
+    the socket's send queue), then a second request sent at once on the same connection
+    is answered. Bytes body: /echo of an 8 MiB upload; write(): /write-big; iterator:
+    /big; file: /file (sendfile)."""
     s = serve(["--app", conformance(), "--keep-alive", "1"])
     c = SlowConn(s.port)
     try:
@@ -242,6 +243,7 @@ def test_slow_keep_alive_reader_gets_every_byte_then_a_second_response(serve, ki
                         f"ended after {c.received} bytes received ({e!r})\n{s.read_log()[-3000:]}")
         assert r.status == 200, r
         assert len(r.body) == BODY, f"{kind}: {len(r.body)} body bytes of {BODY}"
+        assert r.body == {"bytes": b"e", "file": b"f"}.get(kind, b"x") * BODY, f"{kind}: wrong bytes"
         c.throttle = False
         send_request(c, "GET", "/")
         try:
@@ -372,7 +374,8 @@ LIMIT = 4 * MiB
 def _chunked_upload(s, pieces, max_bytes, rate=4 * MB):
     """Sends a chunked POST to /read-past whose body is the concatenation of `pieces`
     (already framed), at `rate` bytes/s, up to max_bytes, stopping as soon as a response
-    has arrived or srv stops taking bytes. Returns (collector, bytes sent, stopped reason)."""
+    has arrived or srv stops taking bytes. Returns (socket, collector, bytes sent, why it
+    stopped)."""
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
     sock.sendall(b"POST /read-past HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
     col = Collector(sock)
@@ -592,6 +595,9 @@ def _apps_dir(tmp_path, **apps):
 
 
 def test_hup_with_the_apps_dir_missing_keeps_every_app_and_status_shows_the_error(serve, tmp_path):
+    """The --apps-dir directory renamed away, then HUP: every app stays mounted (each GET,
+    during and after the reload, is a 200, never a 404), and the error is in
+    `srv status --json` (lastReloadError) and in `srv status`."""
     d = _apps_dir(tmp_path, libalpha="conformance", libbeta="hello")
     s = serve(["--apps-dir", str(d)], workers=2)
     assert request(s.port, path="/alpha/").status == 200
