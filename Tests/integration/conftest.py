@@ -3,6 +3,7 @@
 SRV_BIN names the srv executable (default: .build/release/srv); PLUGINS the directory the
 Makefiles build plugins into (default: build/plugins). `make test` sets both.
 """
+import json
 import os
 import re
 import signal
@@ -122,6 +123,20 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+def status(server, as_json=True, timeout=5):
+    """`srv status --status-file F [--json]`, retried for a moment (the master writes the
+    file twice a second, so right after "ready" it may not exist yet)."""
+    cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert out.returncode == 0, out
+    return json.loads(out.stdout) if as_json else out.stdout
 
 
 def server_pool():

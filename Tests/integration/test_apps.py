@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import SRV, Conn, plugin, request
+from conftest import Conn, plugin, request, status
 
 HELLO = b"Hello, World!\n"
 CONF1 = b"conformance 1.0.0\n"
@@ -55,19 +54,6 @@ def environ(port, path):
     assert r.status == 200, (path, r)
     return json.loads(r.body)
 
-
-def status(server, as_json=True, timeout=3):
-    """`srv status --status-file F [--json]`. The master writes the file twice a second,
-    so right after "ready" it may not exist yet: retry for a moment."""
-    cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
-    deadline = time.time() + timeout
-    while True:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 or time.time() > deadline:
-            break
-        time.sleep(0.1)
-    assert out.returncode == 0, out
-    return json.loads(out.stdout) if as_json else out.stdout
 
 
 def status_at(server, generation, timeout=5):

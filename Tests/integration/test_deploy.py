@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import PLUGINS, SRV, Conn, Server, free_port, plugin, request, unprivileged_user
+from conftest import SRV, Conn, free_port, plugin, request, unprivileged_user
 
 
 def srv(*args, env=None, timeout=60):

@@ -23,7 +23,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Conn, free_port, plugin, request, server_pool
+from conftest import Conn, free_port, plugin, request
 
 HOST = "Host: 127.0.0.1\r\n"
 

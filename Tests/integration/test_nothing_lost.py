@@ -12,7 +12,6 @@ break. The conformance app (Examples/conformance/conformance.c) serves every bod
 /echo a bytes body (the request's), /write-big write(), /big an iterator, /file a file.
 """
 import collections
-import json
 import os
 import re
 import resource
@@ -29,7 +28,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import SRV, Conn, plugin, request
+from conftest import Conn, plugin, request, status
 
 MiB = 1 << 20
 MB = 1000 * 1000
@@ -136,20 +135,6 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def status(server, as_json=True, timeout=5):
-    """`srv status --status-file F [--json]`, retried for a moment (the master writes the
-    file twice a second, so right after "ready" it may not exist yet)."""
-    cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
-    deadline = time.time() + timeout
-    while True:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 or time.time() > deadline:
-            break
-        time.sleep(0.1)
-    assert out.returncode == 0, out
-    return json.loads(out.stdout) if as_json else out.stdout
 
 
 def wait_for(what, predicate, timeout=15, interval=0.1):
