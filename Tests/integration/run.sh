@@ -49,6 +49,8 @@ chown "$user" "$home"
 
 status=0
 echo "run.sh: integration tests as the unprivileged user '$user' ($(id -u "$user"))"
+# From a directory the user may enter: pytest returns to where it started when it ends.
+cd "$tree"
 runuser -u "$user" -- env -i PATH="$user_path" HOME="$home" LANG=C.UTF-8 \
   SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" SRV_TEST_ROOT_PHASE=0 \
   "${pytest[@]}" -m "not root" "${extra[@]}" "$tree/Tests/integration" || status=$?
