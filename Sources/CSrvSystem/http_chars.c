@@ -49,3 +49,42 @@ size_t srv_http_put_field(unsigned char *restrict dst, const char *restrict name
     v[vlen + 1] = '\n';
     return bad ? 0 : nlen + vlen + 4;
 }
+
+/* RFC 3986 reg-name bytes: unreserved (ALPHA DIGIT - . _ ~) and sub-delims. */
+static const unsigned char regname[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0,
+};
+
+static int is_hex(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+int srv_http_is_host(const char *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0;
+    if (n == 0) return 1;
+    if (s[0] == '[') {
+        for (i = 1; i < n && s[i] != ']'; i++)
+            if (!is_hex(s[i]) && s[i] != ':' && s[i] != '.') return 0;
+        if (i == n || i == 1) return 0;
+        i++;
+    } else {
+        while (i < n && s[i] != ':') {
+            if (s[i] == '%') {
+                if (i + 2 >= n || !is_hex(s[i + 1]) || !is_hex(s[i + 2])) return 0;
+                i += 3;
+                continue;
+            }
+            if (s[i] >= 128 || !regname[s[i]]) return 0;
+            i++;
+        }
+    }
+    if (i == n) return 1;
+    if (s[i] != ':') return 0;
+    for (i++; i < n; i++)
+        if (s[i] < '0' || s[i] > '9') return 0;
+    return 1;
+}

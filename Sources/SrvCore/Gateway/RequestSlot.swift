@@ -724,11 +724,10 @@ final class RequestSlot {
 
     static func absoluteFormPath(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         // "http://host/path" → "/path" (RFC 9112 3.2.2).
-        let s = String(decoding: target.prefix(8), as: UTF8.self).lowercased()
-        let skip = s.hasPrefix("http://") ? 7 : (s.hasPrefix("https://") ? 8 : 0)
-        guard skip > 0 else { return nil }
-        let rest = UnsafeRawBufferPointer(rebasing: target[skip...])
-        if let slash = rest.firstIndex(of: UInt8(ascii: "/")) { return UnsafeRawBufferPointer(rebasing: rest[slash...]) }
+        guard let authority = RequestValidation.absoluteFormAuthorityRange(target) else { return nil }
+        if authority.upperBound < target.count, target[authority.upperBound] == UInt8(ascii: "/") {
+            return UnsafeRawBufferPointer(rebasing: target[authority.upperBound...])
+        }
         return UnsafeRawBufferPointer(start: UnsafeRawPointer(Self.slash.ptr), count: 1)
     }
     private static let slash = permanentString("/")

@@ -35,14 +35,17 @@ enum HTTPChars {
     /// A non-negative decimal without sign or spaces, or nil.
     /// Leading zeros do not count toward the 18 digits that always fit an Int.
     static func parseDecimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
-        guard !bytes.isEmpty else { return nil }
-        var digits = bytes[...]
-        while digits.count > 1, digits.first == 48 { digits = digits.dropFirst() }
-        guard digits.count <= 18 else { return nil }
+        let n = bytes.count
+        guard n > 0 else { return nil }
+        var i = 0
+        while i < n - 1, bytes[i] == 48 { i += 1 }
+        guard n - i <= 18 else { return nil }
         var v = 0
-        for c in digits {
+        while i < n {
+            let c = bytes[i]
             guard c >= 48 && c <= 57 else { return nil }
             v = v * 10 + Int(c - 48)
+            i += 1
         }
         return v
     }

@@ -257,7 +257,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         // No on_header_field_complete: RequestHead sees a name end when its value (or the
         // value's end) arrives, which saves a callback per field.
         s.pointee.on_header_value = { p, at, n in HTTPConnection.with(p) { $0.valueData(at!, n) } }
-        s.pointee.on_header_value_complete = { p in HTTPConnection.with(p) { $0.valueComplete() } }
+        s.pointee.on_header_value_complete = { p in
+            HTTPConnection.with(p) { c in
+                c.head.valueComplete()
+                return c.head.isComplete ? c.trailerFieldComplete() : 0
+            }
+        }
         s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }
         s.pointee.on_body = { p, at, n in HTTPConnection.with(p) { $0.bodyData(at!, n) } }
         s.pointee.on_chunk_header = { p in HTTPConnection.with(p) { $0.chunkHeader(p!) } }
@@ -316,11 +321,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         return checkFieldSize()
     }
 
-    /// A field ends. After the head, fields are a chunked body's trailer section, where
+    /// A field of a chunked body's trailer section ended (fields after the head), where
     /// framing, routing and request-modifier fields must not appear (RFC 9110 6.5.1).
-    private func valueComplete() -> Int32 {
-        head.valueComplete()
-        if head.isComplete, head.fieldCount > 0, RequestValidation.isForbiddenInTrailer(head.name(head.fieldCount - 1)) {
+    private func trailerFieldComplete() -> Int32 {
+        if head.fieldCount > 0, RequestValidation.isForbiddenInTrailer(head.name(head.fieldCount - 1)) {
             let name = String(decoding: head.name(head.fieldCount - 1).prefix(64), as: UTF8.self)
             return refuse(400, "the trailer section has the field \(name), which a trailer must not carry (RFC 9110 6.5.1)")
         }

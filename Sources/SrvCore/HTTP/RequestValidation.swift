@@ -1,3 +1,4 @@
+import CSrvSystem
 import Glibc
 import NIOCore
 
@@ -10,50 +11,44 @@ enum RequestValidation {
     /// no slashes, no bare IPv6, nothing outside ASCII. An empty value is valid (a target
     /// without authority).
     static func isValidHost(_ value: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        let n = value.count
-        if n == 0 { return true }
-        if value[0] == UInt8(ascii: "[") {
-            guard let close = value.firstIndex(of: UInt8(ascii: "]")), close > 1 else { return false }
-            for c in value[1..<close] where !(isHex(c) || c == UInt8(ascii: ":") || c == UInt8(ascii: ".")) { return false }
-            i = close + 1
-        } else {
-            while i < n, value[i] != UInt8(ascii: ":") {
-                let c = value[i]
-                if c == UInt8(ascii: "%") {
-                    guard i + 2 < n, isHex(value[i + 1]), isHex(value[i + 2]) else { return false }
-                    i += 3
-                    continue
-                }
-                guard isRegName(c) else { return false }
-                i += 1
-            }
-        }
-        if i == n { return true }
-        guard value[i] == UInt8(ascii: ":") else { return false }
-        for c in value[(i + 1)...] where !(c >= 48 && c <= 57) { return false }
-        return true
+        guard let p = value.baseAddress else { return true }
+        return srv_http_is_host(p.assumingMemoryBound(to: CChar.self), value.count) != 0
     }
 
     /// The authority of an absolute-form target (`http://authority/path`), or nil for
     /// another form. A userinfo (`user@`) is returned too, for the caller to refuse.
     static func absoluteFormAuthority(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        absoluteFormAuthorityRange(target).map { UnsafeRawBufferPointer(rebasing: target[$0]) }
+    }
+
+    /// Where an absolute-form target's authority lies; what follows it is the path.
+    static func absoluteFormAuthorityRange(_ target: UnsafeRawBufferPointer) -> Range<Int>? {
         let skip: Int
         if hasPrefixLower(target, "http://") { skip = 7 } else if hasPrefixLower(target, "https://") { skip = 8 } else { return nil }
         var end = skip
         while end < target.count, target[end] != UInt8(ascii: "/"), target[end] != UInt8(ascii: "?"), target[end] != UInt8(ascii: "#") {
             end += 1
         }
-        return UnsafeRawBufferPointer(rebasing: target[skip..<end])
+        return skip..<end
     }
 
-    /// The tokens of a Connection header value that decide persistence.
+    /// The tokens of a Connection header value that decide persistence (a comma-separated
+    /// list; spaces and tabs around a token are not part of it). No allocation: it runs
+    /// for every request that sends Connection, as browsers do.
     static func connectionOptions(_ value: UnsafeRawBufferPointer) -> (close: Bool, keepAlive: Bool) {
         var close = false, keepAlive = false
-        for part in value.split(separator: UInt8(ascii: ",")) {
-            let token = trimmed(UnsafeRawBufferPointer(rebasing: part))
-            if HTTPChars.equalsLower(token, "close") { close = true }
-            if HTTPChars.equalsLower(token, "keep-alive") { keepAlive = true }
+        var start = 0
+        let n = value.count
+        while start <= n {
+            var end = start
+            while end < n, value[end] != UInt8(ascii: ",") { end += 1 }
+            let token = trimmed(UnsafeRawBufferPointer(rebasing: value[start..<end]))
+            switch token.count {
+            case 5: if HTTPChars.equalsLower(token, "close") { close = true }
+            case 10: if HTTPChars.equalsLower(token, "keep-alive") { keepAlive = true }
+            default: break
+            }
+            start = end + 1
         }
         return (close, keepAlive)
     }
@@ -119,23 +114,6 @@ enum RequestValidation {
     }
 
     // MARK: - Bytes
-
-    private static func isHex(_ c: UInt8) -> Bool {
-        (c >= 48 && c <= 57) || (c | 0x20 >= UInt8(ascii: "a") && c | 0x20 <= UInt8(ascii: "f"))
-    }
-
-    private static func isRegName(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"),
-             UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"),
-             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="):
-            return true
-        default:
-            return false
-        }
-    }
 
     private static func hasPrefixLower(_ bytes: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
         bytes.count >= prefix.utf8CodeUnitCount && HTTPChars.equalsLower(UnsafeRawBufferPointer(rebasing: bytes[0..<prefix.utf8CodeUnitCount]), prefix)
