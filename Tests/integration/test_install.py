@@ -280,3 +280,49 @@ def test_installed_srv_serves_with_the_toolchain_hidden(installed):
         if s is not None:
             s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SDK_APP_PACKAGE = '''// swift-tools-version:6.1
+import PackageDescription
+let package = Package(name: "sdkhello",
+    products: [.library(name: "sdkhello", type: .dynamic, targets: ["App", "AppExport"])],
+    dependencies: [.package(path: "{sdk}")],
+    targets: [
+        .target(name: "App", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK")],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "AppExport", dependencies: [.product(name: "SrvGateway", package: "PluginSDK")]),
+    ])
+'''
+
+SDK_APP_SWIFT = '''import SrvPlugin
+struct Hello: Application {
+    func handle(_ request: Request) throws -> Response { .text("hello from the installed SDK\\n") }
+}
+@_cdecl("sdkhello_app") public func sdkhelloApp() -> UnsafeMutableRawPointer { export(Hello()) }
+'''
+
+
+def test_a_swift_plugin_package_builds_against_the_installed_sdk(installed, tmp_path):
+    """"It also installs ... the Swift SDK a plugin package can depend on": a package that
+    depends on share/srv/PluginSDK by path builds (without SwiftNIO), srv check accepts it
+    (its toolchain stamp matches) and the installed srv serves it."""
+    swift = shutil.which("swift")
+    if swift is None:
+        pytest.skip("no swift on PATH to build a plugin with")
+    pkg = tmp_path / "sdkhello"
+    (pkg / "Sources" / "App").mkdir(parents=True)
+    (pkg / "Sources" / "AppExport" / "include").mkdir(parents=True)
+    (pkg / "Package.swift").write_text(SDK_APP_PACKAGE.replace("{sdk}", os.path.join(installed.prefix, "share", "srv", "PluginSDK")))
+    (pkg / "Sources" / "App" / "App.swift").write_text(SDK_APP_SWIFT)
+    (pkg / "Sources" / "AppExport" / "export.c").write_text(
+        '#include <srv/swift_app.h>\nSRV_SWIFT_APP("sdkhello", "1.0.0", SRV_FLAG_THREAD_SAFE, sdkhello_app);\n')
+    (pkg / "Sources" / "AppExport" / "include" / "AppExport.h").write_text("")
+    build = subprocess.run([swift, "build", "-c", "release", "--product", "sdkhello"], cwd=pkg,
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    checkouts = pkg / ".build" / "checkouts"
+    assert not (checkouts.exists() and any(checkouts.iterdir())), "the SDK pulled in dependencies"
+    so = pkg / ".build" / "release" / "libsdkhello.so"
+    out = installed.run("check", str(so))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "name sdkhello" in out.stdout
