@@ -191,7 +191,7 @@ enum FileManagerShim {
 struct TemporaryDirectory {
     let path: String
     init() throws {
-        var template = Array("\(NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/")srv-check.XXXXXX".utf8CString)
+        var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("srv-check.XXXXXX").utf8CString)
         guard let p = mkdtemp(&template) else { throw ValidationError("cannot create a temporary directory: \(String(cString: strerror(errno)))") }
         path = String(cString: p)
     }

@@ -325,17 +325,16 @@ final class RequestSlot {
             UnsafeMutableRawPointer(start).copyMemory(from: path.baseAddress!, byteCount: path.count)
             n = path.count
         }
+        var length = n
         if n > 0, memchr(start, Int32(UInt8(ascii: ".")), n) != nil {
             guard let resolved = Self.removeDotSegments(start, n) else {
                 throw ClientError.badRequest("the request path climbs above / with \"..\"")
             }
-            start[resolved] = 0
-            arenaUsed += n + 1
-            return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: resolved)
+            length = resolved
         }
-        start[n] = 0
+        start[length] = 0
         arenaUsed += n + 1
-        return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: n)
+        return srv_str(ptr: UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self), len: length)
     }
 
     /// RFC 3986 5.2.4 on an absolute path, in place: "." segments go, ".." removes the

@@ -66,14 +66,4 @@ final class AcceptHandler: ChannelInboundHandler {
         guard let io = error as? IOError, [EMFILE, ENFILE].contains(io.errnoCode) else { return "" }
         return "; out of file descriptors: accepting pauses for 250 ms and connections wait in the listen queue (raise the limit: LimitNOFILE= in the unit, or ulimit -n)"
     }
-
-    /// True for the errors that mean the peer went away (reset, broken pipe, timed out):
-    /// those are the client's doing, not srv's.
-    static func isPeerGone(_ error: Error) -> Bool {
-        if let io = error as? IOError {
-            return [ECONNRESET, EPIPE, ETIMEDOUT, ENOTCONN, ECONNABORTED].contains(io.errnoCode)
-        }
-        if error is ChannelError { return true }
-        return false
-    }
 }

@@ -188,11 +188,20 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A client that resets or leaves is ordinary; anything else is srv's own failure
         // and the operator must see why a connection was dropped.
-        if !AcceptHandler.isPeerGone(error) {
+        if !Self.isPeerGone(error) {
             worker.log(.warning, "closing the connection from \(info.remoteAddress): \(error)")
         }
         if case .responding = phase {} else { context.close(promise: nil) }
         phase = .closing
+    }
+
+    /// True for the errors that mean the peer went away (reset, broken pipe, timed out):
+    /// those are the client's doing, not srv's.
+    static func isPeerGone(_ error: Error) -> Bool {
+        if let io = error as? IOError {
+            return [ECONNRESET, EPIPE, ETIMEDOUT, ENOTCONN, ECONNABORTED].contains(io.errnoCode)
+        }
+        return error is ChannelError
     }
 
     // MARK: - Parsing
@@ -921,10 +930,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         guard let context = context, channel.isActive else { return false }
         guard nioWrites == 0, let fd = directSocket(context, now: true) else {
             flush(context: context)
-            var buffer = context.channel.allocator.buffer(capacity: count)
-            buffer.writeBytes(UnsafeRawBufferPointer(start: bytes, count: count))
-            nioWrite(.byteBuffer(buffer), promise: nil, context: context)
-            context.flush()
+            transmit(bytes, count, context: context)  // behind NIO's writes
             return true
         }
         if out.count > 0 {

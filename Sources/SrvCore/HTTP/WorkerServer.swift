@@ -78,13 +78,6 @@ public final class WorkerServer {
                 // One accept per wake-up: every worker polls the shared listener, and one
                 // that took a whole burst would hold connections its siblings could serve.
                 .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
-                // TCP_NODELAY is an IPPROTO_TCP option: at SOL_SOCKET level its number (1)
-                // is SO_DEBUG, which needs CAP_NET_ADMIN and fails for every ordinary user.
-                .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
-                // A client may send its requests and then shut down its side (HTTP/1.0
-                // tools, `nc -N`): it still gets every answer (see HTTPConnection).
-                .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in self.initializeConnection(channel) }
             let channel = try bootstrap.withBoundSocket(fd).wait()
             // NIO's server channel calls listen(fd, 128) when it adopts the socket, before
@@ -101,9 +94,23 @@ public final class WorkerServer {
         }
     }
 
-    /// The pipeline of a client connection, accepted by NIO or by srv.
+    /// The options and pipeline of a client connection, accepted by NIO or by srv.
     private func initializeConnection(_ channel: Channel) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture {
+            if let options = channel.syncOptions {
+                // TCP_NODELAY is an IPPROTO_TCP option: at SOL_SOCKET level its number (1)
+                // is SO_DEBUG, which needs CAP_NET_ADMIN and fails for every ordinary user.
+                // A Unix socket has no such option.
+                switch channel.localAddress {
+                case .unixDomainSocket?: break
+                case nil: _ = try? options.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+                default: try options.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+                }
+                try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
+                // A client may send its requests and then shut down its side (HTTP/1.0
+                // tools, `nc -N`): it still gets every answer (see HTTPConnection).
+                try options.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            }
             let sync = channel.pipeline.syncOperations
             if self.settings.proxyProtocol {
                 try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
@@ -124,11 +131,7 @@ public final class WorkerServer {
                     break  // EAGAIN: the queue is empty (or out of descriptors)
                 }
                 ClientBootstrap(group: group)
-                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-                    .channelInitializer { channel in
-                        _ = try? channel.syncOptions?.setOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-                        return self.initializeConnection(channel)
-                    }
+                    .channelInitializer { channel in self.initializeConnection(channel) }
                     .withConnectedSocket(client)
                     .whenFailure { error in
                         self.log(.warning, "cannot serve a connection accepted while stopping: \(error)")

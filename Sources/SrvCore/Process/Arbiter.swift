@@ -53,6 +53,14 @@ public final class Arbiter {
         /// The mount whose application the booting worker is loading (LOADING), so that a
         /// crash or a hang while booting names the file.
         var loading: String?
+        /// The file of the application this worker was loading, if it said.
+        var loadingPath: String? { loading.flatMap { m in generation.apps.first { $0.prefix == m }?.snapshot.source } }
+        /// Why this worker did not boot within --boot-timeout, naming the file it was loading.
+        var hangReason: String {
+            let seconds = generation.settings.bootTimeout
+            if let path = loadingPath { return "\(PluginError.hung(path: path, seconds: seconds).description) (--boot-timeout \(seconds) s) [hung]" }
+            return "worker \(pid) did not report ready within --boot-timeout \(seconds) s (a constructor or load hook hangs?) [hung]"
+        }
         init(pid: pid_t, generation: Generation, control: Int32, scoreboard: Scoreboard) {
             self.pid = pid
             self.generation = generation
@@ -446,9 +454,8 @@ public final class Arbiter {
                 return true
             }
             if Date() > deadline {
-                let stuck = booting.first { !$0.ready && $0.loading != nil }
-                if let path = stuck?.loading.flatMap({ m in g.apps.first { $0.prefix == m }?.snapshot.source }) {
-                    logger.critical("worker failed to boot: \(PluginError.hung(path: path, seconds: settings.bootTimeout).description) (--boot-timeout \(settings.bootTimeout) s) [hung]")
+                if let stuck = booting.first(where: { !$0.ready }) {
+                    logger.critical("worker failed to boot: \(stuck.hangReason)")
                 } else {
                     logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s [hung]")
                 }
@@ -562,7 +569,7 @@ public final class Arbiter {
     /// Why a booting worker died: the application it was loading and the reason name.
     private func bootDeath(of w: Worker, status: Int32) -> String {
         let crashed = status & 0x7f != 0
-        if let path = w.loading.flatMap({ m in w.generation.apps.first { $0.prefix == m }?.snapshot.source }) {
+        if let path = w.loadingPath {
             if crashed { return "\(PluginError.crashed(path: path, signal: Spawn.signalName(status & 0x7f)).description) [crashed]" }
             return "\(path): the worker loading it exited with \(Spawn.describe(status: status)) [error]"
         }
@@ -604,11 +611,7 @@ public final class Arbiter {
         // Booting workers that never report.
         for w in workers.values where !w.ready && w.abortedAt == nil {
             if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
-                if let path = w.loading.flatMap({ m in w.generation.apps.first { $0.prefix == m }?.snapshot.source }) {
-                    w.failure = "\(PluginError.hung(path: path, seconds: w.generation.settings.bootTimeout).description) (--boot-timeout \(w.generation.settings.bootTimeout) s) [hung]"
-                } else {
-                    w.failure = "worker \(w.pid) did not report ready within --boot-timeout \(w.generation.settings.bootTimeout) s (a constructor or load hook hangs?) [hung]"
-                }
+                w.failure = w.hangReason
                 logger.error("\(w.failure!)")
                 kill(w.pid, SIGKILL)
                 w.abortedAt = Date()
