@@ -25,6 +25,23 @@ int srv_sys_signalfd_read(int fd) {
     return -1;
 }
 
+int srv_sys_block_signals(const int *signals, int count) {
+    sigset_t set;
+    int i;
+    sigemptyset(&set);
+    for (i = 0; i < count; i++) sigaddset(&set, signals[i]);
+    return pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+unsigned srv_sys_thread_index(void) {
+    static _Atomic unsigned next;
+    static _Thread_local unsigned index = ~0u;
+    if (index == ~0u) index = next++;
+    return index;
+}
+
+void srv_sys_atomic_add_u64(uint64_t *p, uint64_t n) { __atomic_fetch_add(p, n, __ATOMIC_RELAXED); }
+
 void srv_sys_unblock_all_signals(void) {
     sigset_t set;
     sigemptyset(&set);

@@ -3,6 +3,8 @@
 
 #include <stddef.h>
 #include <sys/ioctl.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
 #include <sys/socket.h>
 
 int srv_sys_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
@@ -12,4 +14,13 @@ int srv_sys_unsent_bytes(int fd) {
     /* TIOCOUTQ (SIOCOUTQ): bytes in the socket's send queue the peer has not yet taken. */
     if (ioctl(fd, TIOCOUTQ, &n) != 0) return -1;
     return n;
+}
+
+uint64_t srv_sys_send_progress(int fd) {
+    struct tcp_info info;
+    socklen_t len = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+        len >= offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof info.tcpi_bytes_acked)
+        return info.tcpi_bytes_acked;
+    return (uint64_t)(uint32_t)srv_sys_unsent_bytes(fd);
 }

@@ -38,6 +38,11 @@ int srv_sys_accept_nonblocking(int fd);
  *  a response NIO finished writing may still be on its way to a slow reader. */
 int srv_sys_unsent_bytes(int fd);
 
+/** A number that changes whenever the peer takes bytes of the socket's send queue: the
+ *  bytes it acknowledged (TCP_INFO) on TCP, the unsent bytes elsewhere. A response that
+ *  waits while it stays the same waits for a client that does not read (--send-timeout). */
+uint64_t srv_sys_send_progress(int fd);
+
 /** Asks the kernel to send `sig` to this process when its parent exits. */
 int srv_sys_set_parent_death_signal(int sig);
 
@@ -49,6 +54,18 @@ int srv_sys_signalfd(const int *signals, int count);
 int srv_sys_signalfd_read(int fd);
 /** Unblocks every signal in the calling thread. */
 void srv_sys_unblock_all_signals(void);
+/** Blocks `signals` in the calling thread (and the threads it starts later): the master
+ *  does this first thing, so that a HUP sent while it starts waits for its signalfd
+ *  instead of ending the process. */
+int srv_sys_block_signals(const int *signals, int count);
+
+/* MARK: - Threads */
+
+/** A small number for the calling thread, 0, 1, 2... in the order threads first ask: a
+ *  worker's scoreboard entry for the requests this thread runs. */
+unsigned srv_sys_thread_index(void);
+/** Atomically adds `n` to `*p` (a scoreboard counter several threads update). */
+void srv_sys_atomic_add_u64(uint64_t *p, uint64_t n);
 
 /* MARK: - Shared memory */
 

@@ -26,6 +26,10 @@ public struct Settings: Codable, Equatable {
     public var keepAlive = 2.0
     /// The longest pause between two reads of a request body (nginx's client_body_timeout).
     public var bodyTimeout = 60.0
+    /// The longest a response may wait for the client to take a byte (nginx's
+    /// send_timeout): then srv drops the connection, and a thread blocked writing to it
+    /// comes back.
+    public var sendTimeout = 60.0
     public var limitRequestLine = 4094
     public var limitRequestFields = 100
     public var limitRequestFieldSize = 8190
@@ -84,6 +88,7 @@ public struct Settings: Codable, Equatable {
         if threads < 0 { problems.append("threads: expected 0 (inline) or more, found \(threads)") }
         if keepAlive < 0 { problems.append("keep-alive: expected seconds >= 0, found \(keepAlive)") }
         if bodyTimeout <= 0 { problems.append("body-timeout: expected seconds > 0, found \(bodyTimeout)") }
+        if sendTimeout <= 0 { problems.append("send-timeout: expected seconds > 0, found \(sendTimeout)") }
         if limitRequestLine < 0 || limitRequestLine > 8190 {
             problems.append("limit-request-line: expected 0 (unlimited) to 8190, found \(limitRequestLine)")
         }

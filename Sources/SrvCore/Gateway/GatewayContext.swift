@@ -18,11 +18,14 @@ public final class GatewayContext {
     let workerPID: CString
     let generation: CString
     let dateCache: DateCache
+    /// --send-timeout: how long a write may wait for the client to take a byte.
+    let sendTimeout: Double
     /// The first part of every request id this worker hands out (RequestID).
     let requestIDPrefix = CString(RequestID.newPrefix())
 
     public init(logger: Logger, bodyMemoryLimit: Int, spoolDirectory: String, threads: Int,
-                multiprocess: Bool, generation: Int, dateCache: DateCache) {
+                multiprocess: Bool, generation: Int, dateCache: DateCache, sendTimeout: Double = 60) {
+        self.sendTimeout = sendTimeout
         self.logger = logger
         self.bodyMemoryLimit = bodyMemoryLimit
         self.spoolDirectory = spoolDirectory

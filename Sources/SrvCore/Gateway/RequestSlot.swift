@@ -1,4 +1,5 @@
 import CSrvSystem
+import Dispatch
 import Glibc
 import NIOCore
 import SrvGateway
@@ -466,11 +467,21 @@ final class RequestSlot {
         if let channel = streamingChannel, out.count >= Self.streamThreshold {
             let buffer = out.byteBuffer(channel.allocator)
             out.clear()
-            do {
-                try channel.writeAndFlush(IOData.byteBuffer(buffer)).wait()
-            } catch {
-                return SRV_ERROR  // the client is gone
+            // Back-pressure for the app's thread, bounded by --send-timeout: a client that
+            // stops reading gets its connection dropped, and the thread comes back.
+            let sent = DispatchSemaphore(value: 0)
+            var failed = false
+            channel.writeAndFlush(IOData.byteBuffer(buffer)).whenComplete { result in
+                if case .failure = result { failed = true }
+                sent.signal()
             }
+            if sent.wait(timeout: .now() + context.sendTimeout) == .timedOut {
+                context.log(.warning, "dropped the connection of \(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self)): the client took no byte for \(context.sendTimeout) s (--send-timeout)")
+                channel.close(promise: nil)
+                clientGone = true
+                return SRV_ERROR
+            }
+            if failed { return SRV_ERROR }  // the client is gone
         }
         return SRV_OK
     }

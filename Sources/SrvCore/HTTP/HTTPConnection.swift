@@ -69,6 +69,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// Writes handed to NIO and not yet complete. While there are any, flushes go through
     /// NIO as well, behind them, so that no direct send overtakes a queued write.
     private var nioWrites = 0
+    /// The send progress the idle timer saw last, and since when (CoarseClock).
+    private var sendProgress: (value: UInt64, since: UInt64)?
     private var requests = 0
     private var closeAfterResponse = false
     /// When a request last began or ended (CoarseClock): the idle timer's reference.
@@ -594,9 +596,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func dispatch(context: ChannelHandlerContext) {
         guard let slot = slot else { return }
         slot.bodyComplete()
-        worker.scoreboardPage?.requestBegan(method: slot.methodBytes, target: slot.targetBytes)
         slot.begin()
         phase = .responding
+        let scoreboard = worker.scoreboardPage
         if let pool = worker.threadPool {
             // The app may write through NIO from its thread: what is queued goes first.
             flush(context: context)
@@ -605,16 +607,23 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             appRunning = true
             let loop = context.eventLoop
             pool.submit { _ in
+                // Each pool thread has its own scoreboard entry: --timeout sees every
+                // request that runs, from the moment a thread runs it.
+                let entry = scoreboard?.entry(threaded: true) ?? 0
+                scoreboard?.requestBegan(entry: entry, method: slot.methodBytes, target: slot.targetBytes)
                 let rc = slot.call()
+                scoreboard?.requestEnded(entry: entry)
                 loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
             }
         } else {
             // Answers to earlier pipelined requests go to the kernel before the app runs: if
             // it crashes the worker, they still reach the client (only a pipelined read pays).
             if out.count > 0 { flush(context: context) }
+            scoreboard?.requestBegan(entry: 0, method: slot.methodBytes, target: slot.targetBytes)
             slot.inlineOutput = self
             let rc = slot.call()
             slot.inlineOutput = nil
+            scoreboard?.requestEnded(entry: 0)
             applicationReturned(rc, slot: slot, context: context)
         }
     }
@@ -622,7 +631,6 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func applicationReturned(_ rc: Int32, slot: RequestSlot, context: ChannelHandlerContext) {
         appRunning = false
         slot.streamingChannel = nil
-        worker.scoreboardPage?.requestEnded()
         if tornDown || self.slot !== slot {
             // The connection closed while the app ran on a pool thread.
             worker.releaseSlot(slot)
@@ -943,7 +951,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func sendBlocking(_ fd: CInt, _ bytes: UnsafeRawPointer, _ count: Int) -> Bool {
         var sent = 0
         var waitedSince: UInt64?
-        let patience = UInt64(worker.settings.timeout * 1e9)
+        let patience = UInt64(worker.settings.sendTimeout * 1e9)
         while sent < count {
             let n = Glibc.send(fd, bytes + sent, count - sent, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
             if n > 0 {
@@ -980,6 +988,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 // What NIO wrote may still wait in the kernel for a slow reader: the
                 // connection is idle from when that is gone too.
                 if let fd = self.directSocket(context, now: true), srv_sys_unsent_bytes(fd) > 0 {
+                    if self.sendStalled(context: context) {
+                        self.worker.log(.warning, "dropped the connection of \(self.info.remoteAddress): the client took no byte of the last response for \(self.worker.settings.sendTimeout) s (--send-timeout)")
+                        self.phase = .closing
+                        context.close(promise: nil)
+                        return
+                    }
                     self.lastActivity = CoarseClock.now()
                     self.armIdleTimer(context: context)
                     return
@@ -987,7 +1001,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 allowed = limit
             case .readingBody: allowed = .nanoseconds(Int64(self.worker.settings.bodyTimeout * 1e9))
             default:
-                // Idle means nothing left to send: a slow reader keeps its connection.
+                // Idle means nothing left to send: a slow reader keeps its connection,
+                // one that takes nothing for --send-timeout is dropped.
+                if self.sendStalled(context: context) {
+                    self.worker.log(.warning, "dropped the connection of \(self.info.remoteAddress) for \(self.head.methodString) \(self.head.targetString): the client took no byte for \(self.worker.settings.sendTimeout) s (--send-timeout)")
+                    self.phase = .closing
+                    context.close(promise: nil)
+                    return
+                }
                 self.armIdleTimer(context: context)
                 return
             }
@@ -1005,6 +1026,20 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 self.armIdleTimer(context: context, in: min(limit, allowed - idleFor))
             }
         }
+    }
+
+    /// True when a response has bytes to send (NIO's or the kernel's) and the client took
+    /// none of them for --send-timeout. Sampled by the idle timer.
+    private func sendStalled(context: ChannelHandlerContext) -> Bool {
+        guard let fd = directSocket(context, now: true) else { return false }
+        let now = CoarseClock.now()
+        let waiting = nioWrites > 0 || srv_sys_unsent_bytes(fd) > 0
+        let progress = srv_sys_send_progress(fd)
+        guard waiting, let last = sendProgress, last.value == progress else {
+            sendProgress = waiting ? (progress, now) : nil
+            return false
+        }
+        return Double(now &- last.since) / 1e9 >= worker.settings.sendTimeout
     }
 
     /// Graceful shutdown: every connection gets the response to its next request (the one

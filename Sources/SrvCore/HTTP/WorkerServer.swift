@@ -58,7 +58,8 @@ public final class WorkerServer {
         }
         gateway = GatewayContext(logger: logger, bodyMemoryLimit: settings.bodyMemoryLimit,
                                  spoolDirectory: settings.spoolDirectory, threads: settings.threads,
-                                 multiprocess: multiprocess, generation: generation, dateCache: dateCache)
+                                 multiprocess: multiprocess, generation: generation, dateCache: dateCache,
+                                 sendTimeout: settings.sendTimeout)
         let jitter = settings.maxRequestsJitter > 0 ? Int.random(in: 0...settings.maxRequestsJitter) : 0
         retireAfter = settings.maxRequests > 0 ? settings.maxRequests + jitter : 0
     }

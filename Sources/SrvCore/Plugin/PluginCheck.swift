@@ -17,45 +17,92 @@ public enum PluginCheck {
         public var error: String?
     }
 
-    /// Runs the check of `path` in a child (`srv check --in-process`), with a time limit.
-    public static func run(path: String, snapshotDirectory: String, timeout: Double = 10) -> Report {
-        guard let pipe = Spawn.pipe() else {
-            return Report(path: path, valid: false, reason: "error", error: "cannot create a pipe")
+    /// A check running in a child (`srv check --in-process`): the master's loop tracks it
+    /// like a worker (its pipe in the poll set, its exit reaped with the others, its
+    /// deadline checked each turn), so a plugin that hangs while loading blocks nothing.
+    public final class Running {
+        public let path: String
+        public let pid: pid_t
+        public let deadline: Instant
+        let timeout: Double
+        let output: Int32
+        var bytes: [UInt8] = []
+        /// SIGKILL was sent because the deadline passed.
+        public private(set) var timedOut = false
+
+        init(path: String, pid: pid_t, output: Int32, timeout: Double) {
+            self.path = path
+            self.pid = pid
+            self.output = output
+            self.timeout = timeout
+            deadline = Instant.now().adding(seconds: timeout)
         }
-        let pid: pid_t
-        do {
-            pid = try Spawn.srv(["check", "--in-process", "--snapshot-dir", snapshotDirectory, path], fds: [pipe.write],
-                                extraEnvironment: [:])
-        } catch {
-            close(pipe.read); close(pipe.write)
-            return Report(path: path, valid: false, reason: "error", error: "\(error)")
+
+        deinit { close(output) }
+
+        /// The pipe the report arrives on (poll it for input).
+        public var fd: Int32 { output }
+
+        /// Reads what the child wrote so far.
+        public func readAvailable() { FileDescriptor.readAvailable(output, into: &bytes) }
+
+        /// Kills the child when its deadline passed; true if it did.
+        @discardableResult
+        public func enforceDeadline(now: Instant) -> Bool {
+            guard !timedOut, now > deadline else { return false }
+            timedOut = true
+            kill(pid, SIGKILL)
+            return true
         }
-        close(pipe.write)
-        _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
-        var output = [UInt8]()
-        var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(timeout)
-        var exited = false
-        while !exited {
-            var pfd = pollfd(fd: pipe.read, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, 50)
-            FileDescriptor.readAvailable(pipe.read, into: &output)
-            if waitpid(pid, &status, WNOHANG) == pid { exited = true; break }
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                waitpid(pid, &status, 0)
-                close(pipe.read)
+
+        /// Kills the child (a newer reload replaced this one); it is still reaped.
+        public func cancel() { kill(pid, SIGKILL) }
+
+        /// The report, once the child was reaped with `status`.
+        public func report(status: Int32) -> Report {
+            readAvailable()
+            if timedOut {
                 return Report(path: path, valid: false, reason: "hung", error: PluginError.hung(path: path, seconds: timeout).description)
             }
+            if status & 0x7f != 0 {
+                let signal = Spawn.signalName(status & 0x7f)
+                return Report(path: path, valid: false, reason: "crashed", error: PluginError.crashed(path: path, signal: signal).description)
+            }
+            if let report = try? JSONDecoder().decode(Report.self, from: Data(bytes)) { return report }
+            return Report(path: path, valid: false, reason: "error", error: "\(path): the check process ended with \(Spawn.describe(status: status)) without a report")
         }
-        FileDescriptor.readAvailable(pipe.read, into: &output)
-        close(pipe.read)
-        if status & 0x7f != 0 {
-            let signal = Spawn.signalName(status & 0x7f)
-            return Report(path: path, valid: false, reason: "crashed", error: PluginError.crashed(path: path, signal: signal).description)
+    }
+
+    /// Starts the check of `path` in a child, with a time limit.
+    public static func start(path: String, snapshotDirectory: String, timeout: Double) -> Result<Running, SpawnError> {
+        guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a pipe")) }
+        do {
+            let pid = try Spawn.srv(["check", "--in-process", "--snapshot-dir", snapshotDirectory, path], fds: [pipe.write],
+                                    extraEnvironment: [:])
+            close(pipe.write)
+            _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
+            return .success(Running(path: path, pid: pid, output: pipe.read, timeout: timeout))
+        } catch {
+            close(pipe.read); close(pipe.write)
+            return .failure(error as? SpawnError ?? SpawnError(description: "\(error)"))
         }
-        if let report = try? JSONDecoder().decode(Report.self, from: Data(output)) { return report }
-        return Report(path: path, valid: false, reason: "error", error: "\(path): the check process ended with \(Spawn.describe(status: status)) without a report")
+    }
+
+    /// Runs the check of `path` in a child and waits for it (`srv check`).
+    public static func run(path: String, snapshotDirectory: String, timeout: Double = 10) -> Report {
+        let check: Running
+        switch start(path: path, snapshotDirectory: snapshotDirectory, timeout: timeout) {
+        case .success(let c): check = c
+        case .failure(let e): return Report(path: path, valid: false, reason: "error", error: e.description)
+        }
+        var status: Int32 = 0
+        while waitpid(check.pid, &status, WNOHANG) != check.pid {
+            var pfd = pollfd(fd: check.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, 50)
+            check.readAvailable()
+            check.enforceDeadline(now: Instant.now())
+        }
+        return check.report(status: status)
     }
 
     /// The child's half: loads the plugin here and writes the report as JSON to fd 3.

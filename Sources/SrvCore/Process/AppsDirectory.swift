@@ -35,7 +35,7 @@ public enum AppsDirectory {
 /// loaded and a burst of changes makes one reload.
 final class AppWatcher {
     let fd: Int32
-    private var lastChange: Date?
+    private var lastChange: Instant?
     private var delay: Double
     /// The directories watched, each with the identity (device, inode) of the directory
     /// the watch is on: the path is what counts, so a directory replaced under the same
@@ -79,7 +79,7 @@ final class AppWatcher {
             if w.wd >= 0 { inotify_rm_watch(fd, w.wd) }
             watched[dir] = nil
             if exists { watch(dir) } else { watched[dir] = (-1, 0, 0) }
-            lastChange = Date()
+            lastChange = Instant.now()
         }
     }
 
@@ -95,11 +95,11 @@ final class AppWatcher {
                 let nameLength = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
                 let nameBytes = buffer[(offset + 16)..<min(n, offset + 16 + nameLength)]
                 let name = String(decoding: nameBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-                if name.hasSuffix(".so") { lastChange = Date() }
+                if name.hasSuffix(".so") { lastChange = Instant.now() }
                 offset += 16 + nameLength
             }
         }
-        if let last = lastChange, Date().timeIntervalSince(last) >= delay {
+        if let last = lastChange, Instant.now().seconds(since: last) >= delay {
             lastChange = nil
             return true
         }

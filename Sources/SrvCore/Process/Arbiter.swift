@@ -7,86 +7,41 @@ import Logging
 /// the workers, and turns signals into actions. It is single-threaded on purpose (it
 /// starts children) and never loads application code.
 ///
-/// The whole life reads top to bottom: `run` → loop { signals, worker messages, `reapWorkers`,
-/// `murderWorkers`, `manageWorkers`, `manageReload` }.
+/// Its life reads top to bottom: `run` opens the listeners and prepares the first
+/// generation, then `loop` turns until the master stops: wait for a signal, a worker's
+/// message, a check's report or the next tick; handle signals; read messages; reap
+/// children; boot a prepared generation; tick the supervisor; write the status. What to
+/// do with workers and generations is decided by `Supervisor`, a state machine; this
+/// class carries its actions out (spawn, signal, log, notify systemd).
 public final class Arbiter {
-    /// One set of workers serving one set of snapshots with one configuration.
-    final class Generation {
-        let number: Int
-        let settings: Settings
-        let apps: [WorkerApp]
-        var target: Int
-        let startedAt = Date()
-        /// Each application's name and version as its descriptor says (mount → both), from
-        /// the first worker that loaded it.
-        var descriptors: [String: (name: String, version: String)] = [:]
-        init(number: Int, settings: Settings, apps: [WorkerApp]) {
-            self.number = number
-            self.settings = settings
-            self.apps = apps
-            self.target = settings.workers
-        }
-        var versions: String {
-            apps.map { app in
-                let mount = app.prefix.isEmpty ? "/" : app.prefix
-                guard let d = descriptors[app.prefix] else { return "\(mount)=\(app.snapshot.shortHash)" }
-                return "\(mount)=\(d.name) \(d.version) (\(app.snapshot.shortHash))"
-            }.joined(separator: " ")
-        }
-    }
-
-    final class Worker {
-        let pid: pid_t
-        let generation: Generation
+    /// A worker process's resources: its control pipe and scoreboard.
+    final class WorkerLink {
         let control: Int32
         let scoreboard: Scoreboard
-        let started = Date()
-        var ready = false
         var pendingLine = ""
-        /// The worker asked to be replaced (--max-requests), or is the replacement of `replaces`.
-        var retireRequested = false
-        var replaces: pid_t?
-        /// TERM was sent at this time (graceful stop); KILL follows after graceful-timeout.
-        var terminatedAt: Date?
-        var abortedAt: Date?
-        var failure: String?
-        /// The mount whose application the booting worker is loading (LOADING), so that a
-        /// crash or a hang while booting names the file.
-        var loading: String?
-        /// The file of the application this worker was loading, if it said.
-        var loadingPath: String? { loading.flatMap { m in generation.apps.first { $0.prefix == m }?.snapshot.source } }
-        /// Why this worker did not boot within --boot-timeout, naming the file it was loading.
-        var hangReason: String {
-            let seconds = generation.settings.bootTimeout
-            if let path = loadingPath { return "\(PluginError.hung(path: path, seconds: seconds).description) (--boot-timeout \(seconds) s) [hung]" }
-            return "worker \(pid) did not report ready within --boot-timeout \(seconds) s (a constructor or load hook hangs?) [hung]"
-        }
-        init(pid: pid_t, generation: Generation, control: Int32, scoreboard: Scoreboard) {
-            self.pid = pid
-            self.generation = generation
+        init(control: Int32, scoreboard: Scoreboard) {
             self.control = control
             self.scoreboard = scoreboard
         }
+        deinit { close(control) }
     }
 
-    enum Stopping { case no, graceful(deadline: Date), fast }
-
     public let configuration: ConfigurationSource
+    /// The serving generation's settings (the command line's until one serves).
     var settings: Settings
     var listeners: [Listener] = []
-    var current: Generation?
-    var pending: Generation?
-    var workers: [pid_t: Worker] = [:]
+    var supervisor = Supervisor()
+    var links: [pid_t: WorkerLink] = [:]
+    /// A start or reload whose snapshots are taken and whose plugins are being checked.
+    var preparation: Preparation?
     var generationCounter = 0
     var signalFD: Int32 = -1
-    var stopping = Stopping.no
-    var bootFailures = 0
-    var nextSpawnAllowed = Date.distantPast
+    var exitCode: Int32 = 0
+    var stopped = false
     var lastReloadError: String?
     var appErrors: [String: String] = [:]
     var logger: Logger
     var reexecChild: pid_t?
-    var lastStatusWrite = Date.distantPast
     let notify = SystemdNotify()
     var watcher: AppWatcher?
     let startedAt = Date()
@@ -96,9 +51,13 @@ public final class Arbiter {
     /// only this master adds or deletes files there.
     let snapshotRoot: String
     let snapshotDirectory: String
+    var statusWriter: StatusWriter
     /// The TCP listeners were opened for --reuse-port (decided once, at start): the
     /// master's own sockets hold the addresses without listening.
     var reusingPorts = false
+
+    /// The signals the master handles, all through its signalfd.
+    public static let signals = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
 
     public init(configuration: ConfigurationSource, settings: Settings) {
         self.configuration = configuration
@@ -107,6 +66,13 @@ public final class Arbiter {
         runtimeDirectory = settings.runtimeDirectory ?? RuntimeDirectory.defaultPath
         snapshotRoot = settings.snapshotDirectory ?? "\(runtimeDirectory)/snapshots"
         snapshotDirectory = "\(snapshotRoot)/master-\(getpid())"
+        statusWriter = StatusWriter(path: settings.statusFile ?? "\(runtimeDirectory)/\(ArbiterStatus.fileName(forMaster: getpid()))")
+    }
+
+    /// Blocks the master's signals in the calling thread: call it first thing, so that a
+    /// signal sent while srv starts waits for the loop instead of ending the process.
+    public static func blockSignals() {
+        _ = signals.withUnsafeBufferPointer { srv_sys_block_signals($0.baseAddress, Int32($0.count)) }
     }
 
     // MARK: - Life
@@ -115,8 +81,7 @@ public final class Arbiter {
     public func run() -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         _ = Spawn.executable  // remember where we came from before a deploy replaces it
-        let handled = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
-        signalFD = handled.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
+        signalFD = Self.signals.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
         guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }
         do {
             try prepareRuntimeFiles()
@@ -128,68 +93,37 @@ public final class Arbiter {
         if let pidFile = settings.pidFile { writePidFile(pidFile) }
         let files = raiseFileLimit()
         logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? ""); \(files) open files per process")
-        guard let first = prepareGeneration(settings: settings, previous: nil) else {
-            logger.critical("cannot start: \(lastReloadError ?? "no application could be loaded"); nothing to serve")
-            cleanup()
-            return 1
-        }
-        current = first
+        preparation = Preparation(settings: settings, previous: nil, snapshotDirectory: snapshotDirectory, logger: logger)
         if settings.reload { watcher = AppWatcher(settings: settings, logger: logger) }
-        let initialBootOK = bootInitialGeneration(first)
-        guard initialBootOK else {
-            cleanup()
-            return 1
-        }
-        notify.send("READY=1\nSTATUS=serving generation \(first.number): \(first.versions)\nMAINPID=\(getpid())")
-        if let old = ProcessInfo.processInfo.environment["SRV_OLD_MASTER_PID"].flatMap({ pid_t($0) }), old > 1 {
-            logger.info("took over from master \(old) (USR2); asking it to retire")
-            kill(old, SIGTERM)
-        }
         return loop()
     }
 
     private func loop() -> Int32 {
-        for sig in signalsDuringBoot { handleSignal(sig) }
-        signalsDuringBoot.removeAll()
-        while true {
-            var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
-            for w in workers.values { fds.append(pollfd(fd: w.control, events: Int16(POLLIN), revents: 0)) }
-            if let watcher = watcher { fds.append(pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)) }
-            _ = poll(&fds, nfds_t(fds.count), 200)
-            while true {
-                let sig = srv_sys_signalfd_read(signalFD)
-                if sig <= 0 { break }
-                handleSignal(sig)
-            }
+        while !stopped {
+            waitForEvents(milliseconds: 100)
+            while case let sig = srv_sys_signalfd_read(signalFD), sig > 0 { handleSignal(sig) }
             readWorkerMessages()
-            reapWorkers()
-            if let watcher = watcher, watcher.poll() {
+            reapChildren()
+            bootPreparedGeneration()
+            if let watcher = watcher, watcher.poll(), supervisor.stopping == .no {
                 logger.info("application files changed (--reload); reloading")
                 reload()
             }
-            switch stopping {
-            case .no:
-                murderWorkers()
-                manageReload()
-                manageWorkers()
-            case .graceful(let deadline):
-                if workers.isEmpty { return finish() }
-                if Date() > deadline {
-                    logger.warning("graceful timeout reached; killing \(workers.count) worker(s)")
-                    for w in workers.values { kill(w.pid, SIGKILL) }
-                    stopping = .fast
-                }
-            case .fast:
-                if workers.isEmpty { return finish() }
-            }
+            perform(supervisor.handle(.tick(activity: activity()), now: Instant.now()))
             writeStatusIfDue()
         }
-    }
-
-    private func finish() -> Int32 {
         logger.info("master \(getpid()) shutting down")
         cleanup()
-        return 0
+        return exitCode
+    }
+
+    /// Sleeps until a signal, a worker's message or a check's report arrives, or the tick.
+    private func waitForEvents(milliseconds: Int32) {
+        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
+        for link in links.values { fds.append(pollfd(fd: link.control, events: Int16(POLLIN), revents: 0)) }
+        for fd in preparation?.descriptors ?? [] { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        if let watcher = watcher { fds.append(pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), milliseconds)
     }
 
     private func cleanup() {
@@ -198,7 +132,7 @@ public final class Arbiter {
             unlink(pidFile)
         }
         // The status file and Unix socket files belong to the new master after USR2.
-        if reexecChild == nil || settings.statusFile == nil { unlink(statusPath) }
+        if reexecChild == nil || settings.statusFile == nil { unlink(statusWriter.path) }
         try? FileManager.default.removeItem(atPath: snapshotDirectory)
         if reexecChild == nil {
             for l in listeners { if case .unix(let path) = l.address { unlink(path) } }
@@ -210,40 +144,33 @@ public final class Arbiter {
     func handleSignal(_ sig: Int32) {
         switch sig {
         case SIGCHLD:
-            break  // reapWorkers runs on every turn of the loop
+            break  // reapChildren runs on every turn of the loop
         case SIGHUP:
             logger.info("HUP: reloading")
             reload()
         case SIGTERM:
-            if case .no = stopping {
-                logger.info("TERM: stopping gracefully (up to \(settings.gracefulTimeout) s)")
-                announceStopping()
-                stopping = .graceful(deadline: Date().addingTimeInterval(settings.gracefulTimeout + 1))
-                // The workers take what waits in the listen queues, then close their
-                // copies; once the last copy is closed a new client is refused at once,
-                // instead of being queued and reset when srv exits.
-                for l in listeners { close(l.fd) }
-                for w in workers.values { terminate(w) }
-            }
+            guard supervisor.stopping == .no else { return }
+            logger.info("TERM: stopping gracefully (up to \(settings.gracefulTimeout) s)")
+            announceStopping()
+            // The workers take what waits in the listen queues, then close their copies;
+            // once the last copy is closed a new client is refused at once, instead of
+            // being queued and reset when srv exits.
+            for l in listeners { close(l.fd) }
+            cancelPreparation()
+            perform(supervisor.handle(.stop(graceful: true), now: Instant.now()))
         case SIGINT, SIGQUIT:
             logger.info("\(sig == SIGINT ? "INT" : "QUIT"): stopping now")
             announceStopping()
-            stopping = .fast
-            for w in workers.values { kill(w.pid, SIGQUIT) }
+            cancelPreparation()
+            perform(supervisor.handle(.stop(graceful: false), now: Instant.now()))
         case SIGTTIN:
-            if let g = current {
-                g.target += 1
-                logger.info("TTIN: \(g.target) worker(s)")
-            }
+            perform(supervisor.handle(.resize(by: 1), now: Instant.now()))
         case SIGTTOU:
-            if let g = current, g.target > 1 {
-                g.target -= 1
-                logger.info("TTOU: \(g.target) worker(s)")
-            }
+            perform(supervisor.handle(.resize(by: -1), now: Instant.now()))
         case SIGUSR1:
             logger.info("USR1: reopening log files")
             ErrorLog.shared.reopen()
-            for w in workers.values { kill(w.pid, SIGUSR1) }
+            for pid in links.keys { kill(pid, SIGUSR1) }
         case SIGUSR2:
             reexec()
         default:
@@ -258,7 +185,214 @@ public final class Arbiter {
         if reexecChild == nil { notify.send("STOPPING=1") }
     }
 
+    // MARK: - Carrying out the supervisor's actions
+
+    private func perform(_ actions: [Supervisor.Action]) {
+        for action in actions {
+            switch action {
+            case .spawn(let number, let replacing):
+                guard supervisor.wantsWorkers(of: number), let g = supervisor.generations[number] else { continue }
+                switch spawnWorker(g) {
+                case .success(let pid):
+                    perform(supervisor.handle(.spawned(pid: pid, generation: number, replacing: replacing), now: Instant.now()))
+                case .failure(let error):
+                    perform(supervisor.handle(.spawnFailed(generation: number, error: error.description), now: Instant.now()))
+                }
+            case .signal(let pid, let sig):
+                kill(pid, sig)
+            case .log(let level, let message):
+                logger.log(level: level, "\(message)")
+            case .promoted(let number, let previous):
+                promoted(number, previous: previous)
+            case .failed(_, let reason, let fatal):
+                if fatal {
+                    logger.critical("worker failed to boot: \(reason)")
+                    exitCode = 1
+                } else {
+                    reloadFailed(reason)
+                }
+            case .stopped:
+                stopped = true
+            }
+        }
+    }
+
+    private func promoted(_ number: Int, previous: Int?) {
+        guard let g = supervisor.currentGeneration else { return }
+        settings = g.settings
+        lastReloadError = nil
+        removeUnreferencedSnapshots()
+        writeStatusIfDue(force: true)
+        if let old = previous {
+            logger.info("generation \(number) ready (\(g.versions)); retiring generation \(old)")
+            notify.send("READY=1\nSTATUS=serving generation \(number): \(g.versions)")
+        } else {
+            logger.info("generation \(number) ready: \(g.target) worker(s) serving \(g.versions)")
+            notify.send("READY=1\nSTATUS=serving generation \(number): \(g.versions)\nMAINPID=\(getpid())")
+            if let old = ProcessInfo.processInfo.environment["SRV_OLD_MASTER_PID"].flatMap({ pid_t($0) }), old > 1 {
+                logger.info("took over from master \(old) (USR2); asking it to retire")
+                kill(old, SIGTERM)
+            }
+        }
+        if let watcher = watcher { watcher.update(settings: g.settings) } else if g.settings.reload {
+            watcher = AppWatcher(settings: g.settings, logger: logger)
+        }
+    }
+
+    private func reloadFailed(_ reason: String) {
+        let serving = supervisor.currentGeneration
+        logger.error("reload failed: \(reason); generation \(serving?.number ?? 0) (\(serving?.versions ?? "")) keeps serving")
+        lastReloadError = reason
+        removeUnreferencedSnapshots()
+        writeStatusIfDue(force: true)
+        notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(serving?.number ?? 0) keeps serving")
+    }
+
+    // MARK: - Reload: a new generation of processes
+
+    /// HUP: re-read the configuration and snapshot the plugins; the loop boots the new
+    /// generation beside the serving one once its plugins are checked, and the
+    /// supervisor promotes it once every new worker is ready.
+    func reload() {
+        guard supervisor.stopping == .no else { return }
+        notify.send("RELOADING=1\nMONOTONIC_USEC=\(Instant.now().nanoseconds / 1000)")
+        let fresh: Settings
+        do {
+            fresh = try configuration.load()
+        } catch {
+            logger.error("reload: the configuration is invalid, keeping the running settings: \(error)")
+            lastReloadError = "configuration: \(error)"
+            notify.send("READY=1\nSTATUS=reload refused: invalid configuration")
+            return
+        }
+        if preparation != nil {
+            logger.info("reload: replacing the reload whose plugins were still being checked")
+            cancelPreparation()
+        }
+        if fresh.effectiveBinds != settings.effectiveBinds {
+            logger.warning("reload: bind addresses changed; listeners are kept for the life of the master (restart srv to change them)")
+        }
+        logger.logLevel = Logger.Level(setting: fresh.logLevel)
+        preparation = Preparation(settings: fresh, previous: supervisor.currentGeneration?.apps,
+                                  snapshotDirectory: snapshotDirectory, logger: logger)
+        bootPreparedGeneration()
+    }
+
+    private func cancelPreparation() {
+        preparation?.cancel()
+        preparation = nil
+    }
+
+    /// Once every check of the preparation has ended: boot its generation, or say why not.
+    private func bootPreparedGeneration() {
+        guard let p = preparation else { return }
+        p.poll(now: Instant.now())
+        guard p.isComplete else { return }
+        preparation = nil
+        let serving = supervisor.currentGeneration
+        switch p.outcome(logger: logger) {
+        case .apps(let apps, let errors):
+            appErrors = errors
+            if let serving = serving, serving.apps == apps, serving.settings == p.settings, errors.isEmpty {
+                logger.info("reload: nothing changed; starting a new generation anyway (HUP restarts workers)")
+            }
+            generationCounter += 1
+            let g = Generation(number: generationCounter, settings: p.settings, apps: apps, phase: .booting(deadline: Instant.now()))
+            if serving != nil || supervisor.pending != nil {
+                logger.info("reload: booting generation \(g.number) (\(g.versions)) with \(g.target) worker(s)")
+            }
+            perform(supervisor.handle(.boot(g), now: Instant.now()))
+        case .failed(let message, let errors):
+            appErrors = errors
+            if serving == nil && supervisor.pending == nil {
+                logger.critical("cannot start: \(message); nothing to serve")
+                exitCode = 1
+                perform(supervisor.handle(.stop(graceful: false), now: Instant.now()))
+            } else {
+                reloadFailed(message)
+            }
+        }
+    }
+
     // MARK: - Workers
+
+    /// Starts one worker of `generation`: its control pipe, its scoreboard (an entry per
+    /// application thread) and the listeners at fds 3, 4, 5...
+    private func spawnWorker(_ generation: Generation) -> Result<pid_t, SpawnError> {
+        guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a control pipe")) }
+        guard let scoreboard = Scoreboard(name: "srv-worker", entries: max(1, generation.settings.threads)) else {
+            close(pipe.read); close(pipe.write)
+            return .failure(SpawnError(description: "cannot create a scoreboard"))
+        }
+        let encoder = JSONEncoder()
+        var environment = [
+            WorkerChannel.settingsVariable: String(decoding: (try? encoder.encode(generation.settings)) ?? Data(), as: UTF8.self),
+            WorkerChannel.appsVariable: String(decoding: (try? encoder.encode(generation.apps)) ?? Data(), as: UTF8.self),
+            WorkerChannel.generationVariable: String(generation.number),
+            WorkerChannel.listenersVariable: String(listeners.count),
+            WorkerChannel.masterVariable: String(getpid()),
+        ]
+        for pair in generation.settings.environment {
+            let eq = pair.firstIndex(of: "=")!
+            environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+        }
+        let listenerFDs = workerListenerFDs()
+        defer { for (fd, own) in listenerFDs where own { close(fd) } }
+        do {
+            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
+                                    extraEnvironment: environment,
+                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID"])
+            close(pipe.write)
+            _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
+            links[pid] = WorkerLink(control: pipe.read, scoreboard: scoreboard)
+            return .success(pid)
+        } catch {
+            close(pipe.read); close(pipe.write)
+            return .failure(error as? SpawnError ?? SpawnError(description: "\(error)"))
+        }
+    }
+
+    func readWorkerMessages() {
+        for (pid, link) in links { readMessages(of: pid, link) }
+    }
+
+    private func readMessages(of pid: pid_t, _ link: WorkerLink) {
+        var bytes: [UInt8] = []
+        FileDescriptor.readAvailable(link.control, into: &bytes)
+        guard !bytes.isEmpty else { return }
+        link.pendingLine += String(decoding: bytes, as: UTF8.self)
+        while let nl = link.pendingLine.firstIndex(of: "\n") {
+            if let message = WorkerMessage.parse(link.pendingLine[..<nl]) {
+                perform(supervisor.handle(.message(pid: pid, message), now: Instant.now()))
+            }
+            link.pendingLine = String(link.pendingLine[link.pendingLine.index(after: nl)...])
+        }
+    }
+
+    /// Collects every exited child: workers, plugin checks, a new master (USR2).
+    func reapChildren() {
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            if pid <= 0 { return }
+            if pid == reexecChild {
+                logger.error("the new master \(pid) (USR2) exited with \(Spawn.describe(status: status)); this master keeps serving")
+                reexecChild = nil
+                continue
+            }
+            if preparation?.reaped(pid: pid, status: status) == true { continue }
+            guard let link = links[pid] else { continue }  // a cancelled check
+            readMessages(of: pid, link)  // what it said last: a FAIL line arrives just before its exit
+            links[pid] = nil
+            perform(supervisor.handle(.exited(pid: pid, status: status, lastRequest: link.scoreboard.requestsInFlight.first),
+                                      now: Instant.now()))
+        }
+    }
+
+    /// What each worker's scoreboard says, for --timeout.
+    private func activity() -> [pid_t: Supervisor.Activity] {
+        links.mapValues { Supervisor.Activity(heartbeat: $0.scoreboard.lastHeartbeat, oldestRequest: $0.scoreboard.requestsInFlight.first) }
+    }
 
     private func openListeners() throws -> [Listener] {
         let env = ProcessInfo.processInfo.environment
@@ -331,7 +465,8 @@ public final class Arbiter {
 
     /// Deletes the snapshots no generation of this master can start workers from any more.
     private func removeUnreferencedSnapshots() {
-        let kept = Set(([current, pending].compactMap { $0 }).flatMap { $0.apps.map { $0.snapshot.path } })
+        let kept = Set(([supervisor.currentGeneration, supervisor.pendingGeneration].compactMap { $0 }).flatMap { $0.apps.map { $0.snapshot.path } })
+            .union(preparation?.snapshotPaths ?? [])
         let removed = Snapshot.removeUnreferenced(in: snapshotDirectory, keeping: kept)
         if removed > 0 { logger.debug("removed \(removed) snapshot(s) no generation uses") }
     }
@@ -373,399 +508,6 @@ public final class Arbiter {
         return l
     }
 
-    /// Starts one worker of `generation`.
-    @discardableResult
-    func spawnWorker(_ generation: Generation) -> Worker? {
-        guard let pipe = Spawn.pipe() else { logger.error("cannot create a control pipe"); return nil }
-        guard let scoreboard = Scoreboard(name: "srv-worker") else {
-            close(pipe.read); close(pipe.write)
-            logger.error("cannot create a scoreboard page")
-            return nil
-        }
-        let encoder = JSONEncoder()
-        let settingsJSON = String(decoding: (try? encoder.encode(generation.settings)) ?? Data(), as: UTF8.self)
-        let appsJSON = String(decoding: (try? encoder.encode(generation.apps)) ?? Data(), as: UTF8.self)
-        do {
-            var environment = [
-                WorkerChannel.settingsVariable: settingsJSON,
-                WorkerChannel.appsVariable: appsJSON,
-                WorkerChannel.generationVariable: String(generation.number),
-                WorkerChannel.listenersVariable: String(listeners.count),
-            ]
-            for pair in generation.settings.environment {
-                let eq = pair.firstIndex(of: "=")!
-                environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
-            }
-            let listenerFDs = workerListenerFDs()
-            defer { for (fd, own) in listenerFDs where own { close(fd) } }
-            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
-                                    extraEnvironment: environment,
-                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID"])
-            close(pipe.write)
-            _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
-            let w = Worker(pid: pid, generation: generation, control: pipe.read, scoreboard: scoreboard)
-            workers[pid] = w
-            logger.debug("booting worker \(pid) (generation \(generation.number))")
-            return w
-        } catch {
-            close(pipe.read); close(pipe.write)
-            bootFailures += 1
-            let delay = min(0.1 * pow(2.0, Double(bootFailures - 1)), 10)
-            nextSpawnAllowed = Date().addingTimeInterval(delay)
-            lastSpawnError = "\(error)"
-            logger.error("\(error); retrying in \(String(format: "%.1f", delay)) s")
-            return nil
-        }
-    }
-
-    /// Boots the first generation and waits for it; false when it cannot start at all.
-    private func bootInitialGeneration(_ g: Generation) -> Bool {
-        for _ in 0..<g.target { spawnWorker(g) }
-        let deadline = Date().addingTimeInterval(settings.bootTimeout)
-        while true {
-            var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
-            for w in workers.values { fds.append(pollfd(fd: w.control, events: Int16(POLLIN), revents: 0)) }
-            _ = poll(&fds, nfds_t(fds.count), 100)
-            readWorkerMessages()
-            reapWorkers(replace: false)
-            while true {
-                let sig = srv_sys_signalfd_read(signalFD)
-                if sig <= 0 { break }
-                if sig == SIGINT || sig == SIGTERM || sig == SIGQUIT {
-                    for w in workers.values { kill(w.pid, SIGKILL) }
-                    return false
-                }
-                if sig != SIGCHLD { signalsDuringBoot.append(sig) }
-            }
-            if let failed = workers.values.first(where: { $0.failure != nil }) ?? nil {
-                logger.critical("worker failed to boot: \(failed.failure!)")
-                killGeneration(g)
-                return false
-            }
-            if let reason = lastBootDeath {
-                logger.critical("worker failed to boot: \(reason)")
-                killGeneration(g)
-                return false
-            }
-            let booting = workers.values.filter { $0.generation === g }
-            if !booting.isEmpty && booting.allSatisfy({ $0.ready }) {
-                writeStatusIfDue(force: true)
-                logger.info("generation \(g.number) ready: \(booting.count) worker(s) serving \(g.versions)")
-                return true
-            }
-            if Date() > deadline {
-                if let stuck = booting.first(where: { !$0.ready }) {
-                    logger.critical("worker failed to boot: \(stuck.hangReason)")
-                } else {
-                    logger.critical("workers did not report ready within --boot-timeout \(settings.bootTimeout) s [hung]")
-                }
-                killGeneration(g)
-                return false
-            }
-        }
-    }
-
-    var lastBootDeath: String?
-    var lastSpawnError: String?
-    /// HUP, TTIN, TTOU... that arrived while the first generation booted; handled after.
-    var signalsDuringBoot: [Int32] = []
-
-    private func killGeneration(_ g: Generation) {
-        for w in workers.values where w.generation === g { kill(w.pid, SIGKILL) }
-        var status: Int32 = 0
-        for w in workers.values where w.generation === g {
-            waitpid(w.pid, &status, 0)
-            close(w.control)
-            workers[w.pid] = nil
-        }
-    }
-
-    func readWorkerMessages() {
-        for w in workers.values { readMessages(from: w) }
-    }
-
-    private func readMessages(from w: Worker) {
-        var bytes: [UInt8] = []
-        FileDescriptor.readAvailable(w.control, into: &bytes)
-        guard !bytes.isEmpty else { return }
-        w.pendingLine += String(decoding: bytes, as: UTF8.self)
-        while let nl = w.pendingLine.firstIndex(of: "\n") {
-            if let message = WorkerMessage.parse(w.pendingLine[..<nl]) { handle(message, from: w) }
-            w.pendingLine = String(w.pendingLine[w.pendingLine.index(after: nl)...])
-        }
-    }
-
-    private func handle(_ message: WorkerMessage, from w: Worker) {
-        switch message {
-        case .ready:
-            w.ready = true
-            if w.generation === current { bootFailures = 0 }
-            if let old = w.replaces, let retiring = workers[old] {
-                logger.info("worker \(w.pid) replaces worker \(old) (max-requests)")
-                terminate(retiring)
-            }
-        case .failed(let reason, let message):
-            w.failure = "\(message) [\(reason)]"
-        case .loading(let mount):
-            w.loading = mount
-        case .app(let mount, let name, let version):
-            if w.generation.descriptors[mount] == nil { w.generation.descriptors[mount] = (name, version) }
-        case .retire:
-            guard !w.retireRequested, w.terminatedAt == nil, case .no = stopping else { return }
-            w.retireRequested = true
-            if let g = current, w.generation === g, let replacement = spawnWorker(g) {
-                replacement.replaces = w.pid
-            } else {
-                terminate(w)
-            }
-        }
-    }
-
-    /// Collects exited children and replaces workers that died.
-    func reapWorkers(replace: Bool = true) {
-        while true {
-            var status: Int32 = 0
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid <= 0 { return }
-            if pid == reexecChild {
-                logger.error("the new master \(pid) (USR2) exited with \(Spawn.describe(status: status)); this master keeps serving")
-                reexecChild = nil
-                continue
-            }
-            guard let w = workers[pid] else { continue }
-            readMessages(from: w)  // what it said last: a FAIL line arrives just before its exit
-            workers[pid] = nil
-            close(w.control)
-            let how = Spawn.describe(status: status)
-            if w.terminatedAt != nil {
-                logger.debug("worker \(pid) exited (\(how))")
-                continue
-            }
-            if !w.ready {
-                // The reason names of GATEWAY.md ("Loading"): a signal is a crash.
-                let reason = w.failure ?? bootDeath(of: w, status: status)
-                if w.generation === pending {
-                    failReload(reason)
-                } else {
-                    lastBootDeath = reason
-                    bootFailures += 1
-                    let delay = min(0.1 * pow(2.0, Double(bootFailures - 1)), 10)
-                    nextSpawnAllowed = Date().addingTimeInterval(delay)
-                    if replace { logger.error("worker \(pid) failed to boot (\(reason)); retrying in \(String(format: "%.1f", delay)) s") }
-                }
-                continue
-            }
-            var what = ""
-            if let started = w.scoreboard.requestStarted {
-                let ran = Double(CoarseClock.now() - started) / 1e9
-                what = " while serving \"\(w.scoreboard.currentRequest)\" (running \(String(format: "%.3f", ran)) s)"
-            }
-            if case .no = stopping, replace {
-                logger.error("worker \(pid) died with \(how)\(what); replacing it")
-            }
-        }
-    }
-
-    /// Why a booting worker died: the application it was loading and the reason name.
-    private func bootDeath(of w: Worker, status: Int32) -> String {
-        let crashed = status & 0x7f != 0
-        if let path = w.loadingPath {
-            if crashed { return "\(PluginError.crashed(path: path, signal: Spawn.signalName(status & 0x7f)).description) [crashed]" }
-            return "\(path): the worker loading it exited with \(Spawn.describe(status: status)) [error]"
-        }
-        return "worker \(w.pid) exited with \(Spawn.describe(status: status)) while booting [\(crashed ? "crashed" : "error")]"
-    }
-
-    /// Kills workers stuck in one request (or with a stuck event loop) past --timeout.
-    func murderWorkers() {
-        let now = CoarseClock.now()
-        let timeout = UInt64(settings.timeout * 1e9)
-        for w in workers.values where w.ready {
-            if let aborted = w.abortedAt {
-                if Date().timeIntervalSince(aborted) > 2 { kill(w.pid, SIGKILL) }
-                continue
-            }
-            if let terminated = w.terminatedAt {
-                if Date().timeIntervalSince(terminated) > w.generation.settings.gracefulTimeout + 2 {
-                    logger.warning("worker \(w.pid) did not stop within graceful-timeout; killing it")
-                    kill(w.pid, SIGKILL)
-                    w.terminatedAt = Date.distantFuture
-                }
-                continue
-            }
-            var stuck: String?
-            if let started = w.scoreboard.requestStarted {
-                // In a request the request's own age decides (the heartbeat stops with it).
-                if now > started, now - started > timeout {
-                    stuck = "worker \(w.pid) timed out after \(String(format: "%.1f", Double(now - started) / 1e9)) s serving \"\(w.scoreboard.currentRequest)\" (--timeout \(settings.timeout) s); aborting it"
-                }
-            } else if now > w.scoreboard.lastHeartbeat, now - w.scoreboard.lastHeartbeat > timeout, w.scoreboard.lastHeartbeat > 0 {
-                stuck = "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(now - w.scoreboard.lastHeartbeat) / 1e9)) s (--timeout \(settings.timeout) s); aborting it"
-            }
-            if let stuck = stuck {
-                logger.critical("\(stuck)")
-                kill(w.pid, SIGABRT)
-                w.abortedAt = Date()
-            }
-        }
-        // Booting workers that never report.
-        for w in workers.values where !w.ready && w.abortedAt == nil {
-            if Date().timeIntervalSince(w.started) > w.generation.settings.bootTimeout {
-                w.failure = w.hangReason
-                logger.error("\(w.failure!)")
-                kill(w.pid, SIGKILL)
-                w.abortedAt = Date()
-            }
-        }
-    }
-
-    /// Keeps the current generation at its target size.
-    func manageWorkers() {
-        guard let g = current else { return }
-        let live = workers.values.filter { $0.generation === g && $0.terminatedAt == nil && $0.abortedAt == nil && !$0.retireRequested }
-        let serving = live.count
-        if serving < g.target && Date() >= nextSpawnAllowed {
-            for _ in serving..<g.target where spawnWorker(g) == nil { break }
-        } else if serving > g.target {
-            // TTOU: retire the oldest.
-            for w in live.sorted(by: { $0.started < $1.started }).prefix(serving - g.target) { terminate(w) }
-        }
-    }
-
-    func terminate(_ w: Worker) {
-        guard w.terminatedAt == nil else { return }
-        w.terminatedAt = Date()
-        kill(w.pid, SIGTERM)
-    }
-
-    // MARK: - Reload: a new generation of processes
-
-    /// HUP: re-read configuration, snapshot the plugins, boot a new generation next to the
-    /// running one; `manageReload` promotes it once every new worker is ready.
-    func reload() {
-        guard case .no = stopping else { return }
-        notify.send("RELOADING=1\nMONOTONIC_USEC=\(CoarseClock.now() / 1000)")
-        var fresh = settings
-        do {
-            fresh = try configuration.load()
-        } catch {
-            logger.error("reload: the configuration is invalid, keeping the running settings: \(error)")
-            lastReloadError = "configuration: \(error)"
-            notify.send("READY=1\nSTATUS=reload refused: invalid configuration")
-            return
-        }
-        if let p = pending {
-            logger.info("reload: replacing generation \(p.number), which was still booting")
-            killGeneration(p)
-            pending = nil
-        }
-        guard let g = prepareGeneration(settings: fresh, previous: current) else {
-            notify.send("READY=1\nSTATUS=reload failed; generation \(current?.number ?? 0) keeps serving")
-            return
-        }
-        if fresh.effectiveBinds != settings.effectiveBinds {
-            logger.warning("reload: bind addresses changed; listeners are kept for the life of the master (restart srv to change them)")
-        }
-        settings.logLevel = fresh.logLevel
-        logger.logLevel = Logger.Level(setting: fresh.logLevel)
-        pending = g
-        logger.info("reload: booting generation \(g.number) (\(g.versions)) with \(g.target) worker(s)")
-        for _ in 0..<g.target where spawnWorker(g) == nil {
-            failReload("cannot start a worker: \(lastSpawnError ?? "unknown error")")
-            return
-        }
-    }
-
-    private func failReload(_ reason: String) {
-        guard let g = pending else { return }
-        logger.error("reload failed: \(reason); generation \(current?.number ?? 0) (\(current?.versions ?? "")) keeps serving")
-        lastReloadError = reason
-        killGeneration(g)
-        pending = nil
-        removeUnreferencedSnapshots()
-        writeStatusIfDue(force: true)
-        notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(current?.number ?? 0) keeps serving")
-    }
-
-    func manageReload() {
-        guard let g = pending else { return }
-        let booting = workers.values.filter { $0.generation === g }
-        if let failed = booting.first(where: { $0.failure != nil }) {
-            failReload(failed.failure!)
-            return
-        }
-        guard booting.count >= g.target, booting.allSatisfy({ $0.ready }) else { return }
-        let old = current
-        current = g
-        pending = nil
-        settings = g.settings
-        lastReloadError = nil
-        bootFailures = 0
-        for w in workers.values where w.generation !== g { terminate(w) }
-        removeUnreferencedSnapshots()
-        writeStatusIfDue(force: true)
-        logger.info("generation \(g.number) ready (\(g.versions)); retiring generation \(old?.number ?? 0)")
-        notify.send("READY=1\nSTATUS=serving generation \(g.number): \(g.versions)")
-        if let watcher = watcher { watcher.update(settings: g.settings) } else if g.settings.reload {
-            watcher = AppWatcher(settings: g.settings, logger: logger)
-        }
-    }
-
-    /// Snapshots every application of `settings`. With an apps directory, one broken
-    /// application does not block the others: it keeps its previous build, or stays
-    /// unmounted, and the log and `srv status` say why.
-    func prepareGeneration(settings: Settings, previous: Generation?) -> Generation? {
-        var apps: [WorkerApp] = []
-        var errors: [String: String] = [:]
-        let explicit = settings.mounts
-        let discovered = settings.appsDir.map { AppsDirectory.scan($0, logger: logger) } ?? []
-        for mount in explicit + discovered {
-            let isDirectoryApp = !explicit.contains(mount)
-            let old = previous?.apps.first(where: { $0.prefix == mount.prefix })
-            do {
-                let snapshot = try Snapshot.take(of: mount.path, into: snapshotDirectory)
-                if let old = old, old.snapshot.hash == snapshot.hash {
-                    apps.append(old)
-                    continue
-                }
-                if isDirectoryApp || (previous == nil && explicit.count + discovered.count > 1) {
-                    // Check a new or changed build in a child first, so it cannot sink the rest.
-                    let report = PluginCheck.run(path: snapshot.path, snapshotDirectory: snapshotDirectory,
-                                                 timeout: settings.bootTimeout)
-                    if !report.valid {
-                        let message = (report.error ?? "invalid").replacingSnapshot(snapshot.path, with: mount.path)
-                            + (report.reason.map { " [\($0)]" } ?? "")
-                        throw AppRefused(message: message)
-                    }
-                }
-                apps.append(WorkerApp(prefix: mount.prefix, snapshot: snapshot))
-            } catch {
-                let message = "\(error)"
-                errors[mount.prefix] = message
-                if let old = old, isDirectoryApp {
-                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message) (keeping its previous build \(old.snapshot.shortHash))")
-                    apps.append(old)
-                } else if isDirectoryApp {
-                    logger.error("app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message) (not mounted)")
-                } else {
-                    logger.error("\(message)")
-                    lastReloadError = message
-                    appErrors = errors
-                    return nil
-                }
-            }
-        }
-        appErrors = errors
-        if apps.isEmpty && settings.appsDir == nil { return nil }
-        if let previous = previous, previous.apps == apps, previous.settings == settings, errors.isEmpty {
-            logger.info("reload: nothing changed; starting a new generation anyway (HUP restarts workers)")
-        }
-        generationCounter += 1
-        return Generation(number: generationCounter, settings: settings, apps: apps)
-    }
-
-    struct AppRefused: Error, CustomStringConvertible { let message: String; var description: String { message } }
-
     // MARK: - USR2: a new master on the same listeners
 
     private func reexec() {
@@ -785,10 +527,6 @@ public final class Arbiter {
         }
     }
 
-    // MARK: - Status
-
-    var statusPath: String { settings.statusFile ?? "\(runtimeDirectory)/\(ArbiterStatus.fileName(forMaster: getpid()))" }
-
     private func writePidFile(_ path: String) {
         let text = "\(getpid())\n"
         if !FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) {
@@ -796,36 +534,14 @@ public final class Arbiter {
         }
     }
 
+    // MARK: - Status
+
     func writeStatusIfDue(force: Bool = false) {
-        guard force || Date().timeIntervalSince(lastStatusWrite) >= 0.5 else { return }
-        lastStatusWrite = Date()
-        let now = CoarseClock.now()
-        var status = ArbiterStatus(
-            masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970, listeners: listeners.map { $0.boundDescription },
-            generation: current?.number ?? 0, pendingGeneration: pending?.number,
-            apps: (current?.apps ?? []).map { app in
-                let d = current?.descriptors[app.prefix]
-                return ArbiterStatus.App(mount: app.prefix.isEmpty ? "/" : app.prefix, name: d?.name, version: d?.version,
-                                         path: app.snapshot.source, hash: app.snapshot.hash)
-            },
-            appErrors: appErrors.map { ArbiterStatus.AppError(mount: $0.key.isEmpty ? "/" : $0.key, error: $0.value) }.sorted { $0.mount < $1.mount },
-            lastReloadError: lastReloadError, workers: [])
-        for w in workers.values.sorted(by: { $0.started < $1.started }) {
-            var current: String?
-            var runningFor: Double?
-            if let started = w.scoreboard.requestStarted {
-                current = w.scoreboard.currentRequest
-                runningFor = Double(now > started ? now - started : 0) / 1e9
-            }
-            let state = w.terminatedAt != nil ? "retiring" : (w.ready ? "serving" : "booting")
-            status.workers.append(ArbiterStatus.WorkerStatus(
-                pid: w.pid, generation: w.generation.number, state: state, age: Date().timeIntervalSince(w.started),
-                requests: w.scoreboard.requestsServed, currentRequest: current, currentFor: runningFor))
-        }
-        if let data = try? JSONEncoder().encode(status) {
-            let temp = statusPath + ".tmp"
-            // 0600: it names the requests in flight; root's `srv status` reads any master's.
-            if FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600]) { rename(temp, statusPath) }
-        }
+        let now = Instant.now()
+        guard statusWriter.isDue(now: now, force: force) else { return }
+        let counters = links.mapValues { ArbiterStatus.WorkerCounters(served: $0.scoreboard.requestsServed, inFlight: $0.scoreboard.requestsInFlight) }
+        statusWriter.write(ArbiterStatus(masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970,
+                                         listeners: listeners.map { $0.boundDescription }, supervisor: supervisor,
+                                         counters: counters, appErrors: appErrors, lastReloadError: lastReloadError, now: now))
     }
 }

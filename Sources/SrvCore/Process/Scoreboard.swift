@@ -1,33 +1,56 @@
 import CSrvSystem
 import Glibc
 
-/// A worker's page of shared memory that the master reads: heartbeat, requests served and
-/// the request in flight. Updating it costs a few stores and no system call, so a worker
+/// A worker's shared memory that the master reads: heartbeat, requests served and the
+/// requests in flight, one entry per thread that runs the application (one in inline
+/// mode, `--threads` of them otherwise), so that `--timeout` sees every request, not only
+/// the last one to start. Updating it costs a few stores and no system call, so a worker
 /// can report every request; the master uses it for --timeout and `srv status`.
+///
+/// Layout: heartbeat at 0, requests served at 8, the entry count at 16, entries from 64,
+/// each `entryStride` bytes: the start (monotonic ns, 0 when idle) at 0, the line's length
+/// at 8, the line ("GET /path") from 16.
 public final class Scoreboard {
-    public static let size = 512
     static let lineCapacity = 256
+    static let entriesOffset = 64
+    static let entryStride = 16 + lineCapacity + 16
     public let fd: Int32
-    /// The mapped page. A plain pointer, so the worker updates it per request without
+    public let entries: Int
+    let size: Int
+    /// The mapped memory. A plain pointer, so the worker updates it per request without
     /// reference counting.
     public let page: ScoreboardPage
 
-    /// Creates a new page (master side).
-    public init?(name: String) {
-        fd = srv_sys_memfd(name, Scoreboard.size)
-        guard fd >= 0, let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
-        page = ScoreboardPage(base: p)
+    static func size(entries: Int) -> Int {
+        let bytes = entriesOffset + entries * entryStride
+        return (bytes + 4095) / 4096 * 4096
     }
 
-    /// Maps a page passed by the master (worker side).
+    /// Creates a new scoreboard with `entries` request entries (master side).
+    public init?(name: String, entries: Int) {
+        let n = max(1, entries)
+        size = Self.size(entries: n)
+        fd = srv_sys_memfd(name, size)
+        guard fd >= 0, let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        self.entries = n
+        (p + 16).storeBytes(of: UInt32(n), as: UInt32.self)
+        page = ScoreboardPage(base: p, entries: n)
+    }
+
+    /// Maps a scoreboard passed by the master (worker side).
     public init?(fd: Int32) {
         self.fd = fd
-        guard let p = mmap(nil, Scoreboard.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
-        page = ScoreboardPage(base: p)
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= Self.size(entries: 1) else { return nil }
+        size = Int(st.st_size)
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        let n = Int((p + 16).load(as: UInt32.self))
+        entries = max(1, min(n, (size - Self.entriesOffset) / Self.entryStride))
+        page = ScoreboardPage(base: p, entries: entries)
     }
 
     deinit {
-        munmap(page.base, Scoreboard.size)
+        munmap(page.base, size)
         close(fd)
     }
 
@@ -35,17 +58,29 @@ public final class Scoreboard {
 
     public var lastHeartbeat: UInt64 { page.load(0) }
     public var requestsServed: UInt64 { page.load(8) }
-    /// When the current request began (monotonic ns), or nil when idle.
-    public var requestStarted: UInt64? { let v = page.load(16); return v == 0 ? nil : v }
-    public var currentRequest: String {
-        let n = min(Int((page.base + 24).load(as: UInt32.self)), Scoreboard.lineCapacity)
-        return String(decoding: UnsafeRawBufferPointer(start: page.base + 32, count: n), as: UTF8.self)
+
+    /// A request in flight: when it began (monotonic ns) and its line.
+    public struct Request: Equatable {
+        public var started: UInt64
+        public var line: String
+    }
+
+    /// Every request in flight, oldest first.
+    public var requestsInFlight: [Request] {
+        (0..<entries).compactMap { i -> Request? in
+            let entry = page.base + Self.entriesOffset + i * Self.entryStride
+            let started = entry.load(as: UInt64.self)
+            guard started != 0 else { return nil }
+            let n = min(Int((entry + 8).load(as: UInt32.self)), Self.lineCapacity)
+            return Request(started: started, line: String(decoding: UnsafeRawBufferPointer(start: entry + 16, count: n), as: UTF8.self))
+        }.sorted { $0.started < $1.started }
     }
 }
 
 /// The worker's side of a scoreboard: valid while its `Scoreboard` lives.
 public struct ScoreboardPage {
     let base: UnsafeMutableRawPointer
+    let entries: Int
 
     fileprivate func store(_ offset: Int, _ value: UInt64) {
         (base + offset).assumingMemoryBound(to: UInt64.self).pointee = value
@@ -56,23 +91,31 @@ public struct ScoreboardPage {
 
     public func heartbeat() { store(0, CoarseClock.now()) }
 
+    /// The entry of the calling thread: 0 on the event loop (inline mode), the pool
+    /// thread's own otherwise.
     @inline(__always)
-    public func requestBegan(method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
-        var n = min(method.count, Scoreboard.lineCapacity - 1)
-        if n > 0 { (base + 32).copyMemory(from: method.baseAddress!, byteCount: n) }
-        (base + 32 + n).storeBytes(of: UInt8(ascii: " "), as: UInt8.self)
-        n += 1
-        let m = min(target.count, Scoreboard.lineCapacity - n)
-        if m > 0 { (base + 32 + n).copyMemory(from: target.baseAddress!, byteCount: m) }
-        n += m
-        (base + 24).storeBytes(of: UInt32(n), as: UInt32.self)
-        store(16, CoarseClock.now())
+    public func entry(threaded: Bool) -> Int {
+        threaded ? Int(srv_sys_thread_index()) % entries : 0
     }
 
     @inline(__always)
-    public func requestEnded() {
-        store(16, 0)
-        store(8, load(8) &+ 1)
+    public func requestBegan(entry: Int, method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
+        let e = base + Scoreboard.entriesOffset + entry * Scoreboard.entryStride
+        var n = min(method.count, Scoreboard.lineCapacity - 1)
+        if n > 0 { (e + 16).copyMemory(from: method.baseAddress!, byteCount: n) }
+        (e + 16 + n).storeBytes(of: UInt8(ascii: " "), as: UInt8.self)
+        n += 1
+        let m = min(target.count, Scoreboard.lineCapacity - n)
+        if m > 0 { (e + 16 + n).copyMemory(from: target.baseAddress!, byteCount: m) }
+        n += m
+        (e + 8).storeBytes(of: UInt32(n), as: UInt32.self)
+        e.storeBytes(of: CoarseClock.now(), as: UInt64.self)
+    }
+
+    @inline(__always)
+    public func requestEnded(entry: Int) {
+        (base + Scoreboard.entriesOffset + entry * Scoreboard.entryStride).storeBytes(of: UInt64(0), as: UInt64.self)
+        srv_sys_atomic_add_u64((base + 8).assumingMemoryBound(to: UInt64.self), 1)
     }
 }
 

@@ -20,6 +20,8 @@ public enum WorkerChannel {
     public static let appsVariable = "SRV_WORKER_APPS"
     public static let generationVariable = "SRV_WORKER_GENERATION"
     public static let listenersVariable = "SRV_WORKER_LISTENERS"
+    /// The master's pid: a worker whose parent is already another process exits at once.
+    public static let masterVariable = "SRV_WORKER_MASTER"
 }
 
 /// Messages a worker sends the master, one line each.
@@ -77,10 +79,19 @@ public enum WorkerProcess {
         _ = line.withUTF8 { Glibc.write(WorkerChannel.controlFD, $0.baseAddress, $0.count) }
     }
 
+    /// A worker without its master serves without supervision (no --timeout, no
+    /// reload) and holds the port a new master needs: when the master dies, even by
+    /// SIGKILL, the kernel kills its workers at once (a hung request cannot delay it).
+    /// The signal is armed before anything else, and a master that died before that is
+    /// noticed by the parent having changed.
+    static func dieWithMaster(_ env: [String: String]) {
+        _ = srv_sys_set_parent_death_signal(SIGKILL)
+        if let master = env[WorkerChannel.masterVariable].flatMap(pid_t.init), getppid() != master { _exit(0) }
+    }
+
     public static func run() -> Never {
-        // The master may die without telling us (SIGKILL): then stop gracefully too.
-        _ = srv_sys_set_parent_death_signal(SIGTERM)
         let env = ProcessInfo.processInfo.environment
+        dieWithMaster(env)
         guard let settingsJSON = env[WorkerChannel.settingsVariable], let appsJSON = env[WorkerChannel.appsVariable],
               let settings = try? JSONDecoder().decode(Settings.self, from: Data(settingsJSON.utf8)),
               let apps = try? JSONDecoder().decode([WorkerApp].self, from: Data(appsJSON.utf8)) else {
@@ -93,7 +104,7 @@ public enum WorkerProcess {
             exit(3)
         }
         // Changing credentials clears the parent-death signal: set it again.
-        _ = srv_sys_set_parent_death_signal(SIGTERM)
+        dieWithMaster(env)
         let generation = Int(env[WorkerChannel.generationVariable] ?? "") ?? 1
         let listenerCount = Int(env[WorkerChannel.listenersVariable] ?? "") ?? 0
         try? ErrorLog.shared.configure(path: settings.errorLogFile)
@@ -172,7 +183,9 @@ public enum WorkerProcess {
                 case SIGTERM, SIGHUP:
                     server.shutdownGracefully(timeout: settings.gracefulTimeout)
                 case SIGINT, SIGQUIT:
-                    exit(0)
+                    // At once, even while a request runs: _exit, because exit() would run
+                    // atexit handlers and destructors while application threads still run.
+                    _exit(0)
                 case SIGUSR1:
                     ErrorLog.shared.reopen()
                     logs?.reopen()
