@@ -207,11 +207,6 @@ extension ServeOptions {
 let arguments = ServeOptions.normalizingUnderscores(Array(CommandLine.arguments.dropFirst()))
 // `srv --help` is the help of serving, the default subcommand: its flags are what an
 // operator looks for (ArgumentParser would show only the list of subcommands).
-// A master blocks its signals before anything else: a HUP or TERM sent while it starts
-// waits for its signalfd instead of ending it. The tools beside it keep the defaults.
-if !["check", "status", "worker", "--help", "-h", "help", "--version"].contains(arguments.first ?? "") {
-    Arbiter.blockSignals()
-}
 if arguments.count == 1, ["--help", "-h", "help"].contains(arguments[0]) {
     print(Srv.helpMessage(for: Serve.self))
     exit(0)

@@ -54,10 +54,14 @@ int srv_sys_signalfd(const int *signals, int count);
 int srv_sys_signalfd_read(int fd);
 /** Unblocks every signal in the calling thread. */
 void srv_sys_unblock_all_signals(void);
-/** Blocks `signals` in the calling thread (and the threads it starts later): the master
- *  does this first thing, so that a HUP sent while it starts waits for its signalfd
- *  instead of ending the process. */
+/** Blocks `signals` in the calling thread (and the threads it starts later). */
 int srv_sys_block_signals(const int *signals, int count);
+
+/** The signals the master handles through its signalfd. An executable named srv that
+ *  serves (not `srv check`, `status`, `worker`, `--help`, `--version`) blocks them in a
+ *  constructor, before the Swift runtime and main run, so that a HUP or TERM sent while
+ *  it starts waits for the signalfd instead of ending the process. */
+const int *srv_sys_master_signals(int *count);
 
 /* MARK: - Threads */
 

@@ -56,8 +56,13 @@ public final class Arbiter {
     /// master's own sockets hold the addresses without listening.
     var reusingPorts = false
 
-    /// The signals the master handles, all through its signalfd.
-    public static let signals = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH]
+    /// The signals the master handles, all through its signalfd (CSrvSystem blocks them
+    /// before main runs).
+    public static let signals: [Int32] = {
+        var count: Int32 = 0
+        let list = srv_sys_master_signals(&count)!
+        return (0..<Int(count)).map { list[$0] }
+    }()
 
     public init(configuration: ConfigurationSource, settings: Settings) {
         self.configuration = configuration
@@ -67,12 +72,6 @@ public final class Arbiter {
         snapshotRoot = settings.snapshotDirectory ?? "\(runtimeDirectory)/snapshots"
         snapshotDirectory = "\(snapshotRoot)/master-\(getpid())"
         statusWriter = StatusWriter(path: settings.statusFile ?? "\(runtimeDirectory)/\(ArbiterStatus.fileName(forMaster: getpid()))")
-    }
-
-    /// Blocks the master's signals in the calling thread: call it first thing, so that a
-    /// signal sent while srv starts waits for the loop instead of ending the process.
-    public static func blockSignals() {
-        _ = signals.withUnsafeBufferPointer { srv_sys_block_signals($0.baseAddress, Int32($0.count)) }
     }
 
     // MARK: - Life
