@@ -510,6 +510,7 @@ public final class Arbiter {
     // MARK: - USR2: a new master on the same listeners
 
     private func reexec() {
+        guard supervisor.stopping == .no else { logger.warning("USR2: ignored, the master is stopping"); return }
         guard reexecChild == nil else { logger.warning("USR2: a new master is already starting"); return }
         var args = Array(CommandLine.arguments.dropFirst())
         if args.first == "serve" { args.removeFirst() }
