@@ -241,6 +241,40 @@ def test_slow_keep_alive_reader_gets_every_byte_then_a_second_response(serve, ki
         c.close()
 
 
+def test_keep_alive_starts_when_the_last_byte_leaves_the_kernel(serve):
+    """--keep-alive counts from when the client took the last byte of a response, not from
+    when srv handed it to the kernel or last looked at the send queue: 12 readers at
+    512 KiB/s each take 1 MiB (most of it waits in srv's socket send queue), and each sends
+    a second request the moment the body is in; all 12 are answered. Their rates differ a
+    little, so the moments their queues drain fall anywhere in srv's keep-alive period."""
+    s = serve(["--app", conformance(), "--keep-alive", "1"])
+    failures, answered = [], []
+
+    def one(i):
+        c = SlowConn(s.port, per_tick=32 * 1024, tick=1 / (16 + i))
+        try:
+            send_request(c, "GET", "/big?mb=1")
+            r = c.read_response()
+            assert r.status == 200 and len(r.body) == MiB, (r.status, len(r.body))
+            c.throttle = False
+            send_request(c, "GET", "/")
+            r2 = c.read_response()
+            assert r2.status == 200, r2
+            answered.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(f"reader {i}: {e!r} after {c.received} bytes")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, "\n".join(failures) + "\n" + s.read_log()[-2000:]
+    assert len(answered) == 12
+
+
 # ---------------------------------------------------------------------------------------
 # 2. Inline write() is bounded
 # ---------------------------------------------------------------------------------------

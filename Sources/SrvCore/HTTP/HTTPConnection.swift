@@ -75,6 +75,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private var closeAfterResponse = false
     /// When a request last began or ended (CoarseClock): the idle timer's reference.
     private var lastActivity = CoarseClock.now()
+    /// The idle timer last saw response bytes in the kernel's send queue: the queue drained
+    /// at some moment since, so the keep-alive period starts over when it is seen empty.
+    private var kernelQueueSeen = false
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
     private var iterating = false
@@ -994,6 +997,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                         context.close(promise: nil)
                         return
                     }
+                    self.kernelQueueSeen = true
+                    self.armIdleTimer(context: context)
+                    return
+                }
+                if self.kernelQueueSeen {
+                    // Drained since the last look, perhaps a moment ago: a client that
+                    // read the last byte just now gets its whole --keep-alive.
+                    self.kernelQueueSeen = false
                     self.lastActivity = CoarseClock.now()
                     self.armIdleTimer(context: context)
                     return
