@@ -35,9 +35,7 @@
  *   anything else            404 "not found\n"
  *
  * Environment: SRV_CONFORMANCE_FAIL_LOAD makes the load hook fail;
- * SRV_CONFORMANCE_UNLOAD_FILE names a file the unload hook appends "unload PID\n" to;
- * while the file SRV_CONFORMANCE_LOAD_GATE names exists, every loading worker but the
- * first to create GATE.first waits in its load hook.
+ * SRV_CONFORMANCE_UNLOAD_FILE names a file the unload hook appends "unload PID\n" to.
  *
  * The app is SRV_FLAG_THREAD_SAFE: no route keeps unprotected shared state.
  */
@@ -882,24 +880,6 @@ static int conformance_load(const srv_server_info *info, char *error, size_t err
     if (getenv("SRV_CONFORMANCE_FAIL_LOAD") != NULL) {
         if (error_size > 0) snprintf(error, error_size, "SRV_CONFORMANCE_FAIL_LOAD is set");
         return SRV_ERROR;
-    }
-    {
-        /* A gate for tests of the master: while the file SRV_CONFORMANCE_LOAD_GATE names
-         * exists, every loading worker but the first (the one that creates GATE.first)
-         * waits in its load hook, so a reload stays half booted as long as a test needs. */
-        const char *gate = getenv("SRV_CONFORMANCE_LOAD_GATE");
-        if (gate != NULL && gate[0] != '\0') {
-            char first[4096];
-            int fd;
-            snprintf(first, sizeof first, "%s.first", gate);
-            fd = open(first, O_WRONLY | O_CREAT | O_EXCL, 0644);
-            if (fd >= 0) {
-                close(fd);
-            } else {
-                struct timespec pause = {0, 20 * 1000 * 1000};
-                while (access(gate, F_OK) == 0) nanosleep(&pause, NULL);
-            }
-        }
     }
     /* The strings in info live only during this call: copy them. */
     loaded_pid = info->worker_pid;

@@ -149,6 +149,44 @@ final class SupervisorTests: XCTestCase {
         XCTAssertEqual(pids(of: 2).count, 3)
     }
 
+    func testTTOUDuringAReloadStopsABootingWorkerWithoutFailingTheReload() {
+        startServing()
+        send(.boot(generation(2, settings())))
+        let p2 = pids(of: 2)
+        send(.message(pid: p2[1], .ready))
+        send(.resize(by: -1))
+        let actions = tick()
+        XCTAssertTrue(signals(actions).contains { $0 == (p2[0], SIGTERM) }, "the booting worker goes, not the ready one")
+        XCTAssertFalse(signals(actions).contains { $0.0 == p2[1] })
+        let death = send(.exited(pid: p2[0], status: SIGKILL, lastRequest: nil))
+        XCTAssertFalse(death.contains { if case .failed = $0 { return true }; return false },
+                       "a worker the master stopped did not fail to boot")
+        XCTAssertEqual(s.pending, 2)
+        tick()
+        XCTAssertEqual(s.current, 2, "one ready worker is the new target")
+        XCTAssertEqual(s.currentGeneration?.target, 1)
+    }
+
+    func testAWorkerToldToStopWhileBootingDrainsIfReadyAndIsKilledIfItNeverLoads() {
+        startServing()
+        send(.boot(generation(2, settings(bootTimeout: 10, graceful: 30))))
+        let p2 = pids(of: 2)
+        // A HUP replaces generation 2 before the master read either worker's READY.
+        send(.boot(generation(3, settings(bootTimeout: 10))))
+        // One had sent READY (and may hold a connection): it gets its --graceful-timeout.
+        // The other is still loading: once loaded it finds TERM pending and exits unserved.
+        send(.message(pid: p2[0], .ready))
+        advance(1)
+        XCTAssertTrue(signals(tick()).filter { $0.1 == SIGKILL }.isEmpty)
+        advance(1.5)
+        let late = signals(tick())
+        XCTAssertTrue(late.contains { $0 == (p2[1], SIGKILL) }, "still loading 2 s after TERM: killed")
+        XCTAssertFalse(late.contains { $0.0 == p2[0] }, "the one that said READY drains")
+        advance(20)
+        XCTAssertFalse(signals(tick()).contains { $0.0 == p2[0] }, "within its --graceful-timeout 30 s")
+        XCTAssertTrue(signals(send(.exited(pid: p2[1], status: SIGKILL, lastRequest: nil))).isEmpty)
+    }
+
     func testAHUPDuringAReloadReplacesTheBootingGeneration() {
         startServing()
         send(.boot(generation(2, settings())))
@@ -156,7 +194,7 @@ final class SupervisorTests: XCTestCase {
         send(.message(pid: p2[0], .ready))
         let actions = send(.boot(generation(3, settings())))
         XCTAssertTrue(signals(actions).contains { $0 == (p2[0], SIGTERM) }, "a ready worker of the replaced generation drains")
-        XCTAssertTrue(signals(actions).contains { $0 == (p2[1], SIGKILL) }, "a booting one is killed")
+        XCTAssertTrue(signals(actions).contains { $0 == (p2[1], SIGTERM) }, "a booting one is told to stop too (it may have sent READY already)")
         XCTAssertEqual(s.pending, 3)
         XCTAssertTrue(readyAll(3).contains(.promoted(generation: 3, previous: 1)))
     }
@@ -232,7 +270,7 @@ final class SupervisorTests: XCTestCase {
         let booting = pids(of: 2)
         let actions = send(.stop(graceful: true))
         XCTAssertNil(s.pending)
-        for pid in booting { XCTAssertTrue(signals(actions).contains { $0 == (pid, SIGKILL) }) }
+        for pid in booting { XCTAssertTrue(signals(actions).contains { $0 == (pid, SIGTERM) }, "booting workers stop gracefully too") }
         for pid in pids(of: 1) { XCTAssertTrue(signals(actions).contains { $0 == (pid, SIGTERM) }) }
     }
 

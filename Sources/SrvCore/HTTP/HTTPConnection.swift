@@ -998,7 +998,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                         return
                     }
                     self.kernelQueueSeen = true
-                    self.armIdleTimer(context: context)
+                    self.armIdleTimer(context: context, in: self.sendCheckDelay(limit))
                     return
                 }
                 if self.kernelQueueSeen {
@@ -1020,7 +1020,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                     context.close(promise: nil)
                     return
                 }
-                self.armIdleTimer(context: context)
+                self.armIdleTimer(context: context, in: self.sendCheckDelay(limit))
                 return
             }
             if idleFor >= allowed {
@@ -1051,6 +1051,19 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             return false
         }
         return Double(now &- last.since) / 1e9 >= worker.settings.sendTimeout
+    }
+
+    /// When the idle timer next samples a response's send progress: at least twice per
+    /// --send-timeout, and just after a stall that began at the last sample reaches it,
+    /// so a client that takes nothing is dropped within 1.5 x --send-timeout.
+    private func sendCheckDelay(_ limit: TimeAmount) -> TimeAmount {
+        let patience = Int64(worker.settings.sendTimeout * 1e9)
+        var delay = min(limit, .nanoseconds(patience / 2))
+        if let last = sendProgress {
+            let left = patience - Int64(CoarseClock.now() &- last.since)
+            delay = min(delay, .nanoseconds(max(left, 0) + 10_000_000))  // the clock is coarse (a few ms)
+        }
+        return delay
     }
 
     /// Graceful shutdown: every connection gets the response to its next request (the one

@@ -34,6 +34,14 @@ public struct Supervisor {
         case aborting(since: Instant)
         /// SIGKILL sent; only the reap is left.
         case killed
+
+        /// The master told it to go (TERM, QUIT or SIGKILL).
+        var isStopping: Bool {
+            switch self {
+            case .retiring, .quitting, .killed: return true
+            case .booting, .serving, .aborting: return false
+            }
+        }
     }
 
     public struct Worker: Equatable {
@@ -185,8 +193,10 @@ public struct Supervisor {
         guard var w = workers[pid] else { return }
         switch message {
         case .ready:
-            w.ready = true
             if w.state == .booting { w.state = .serving }
+            // Told to stop while booting: it drains what it accepted within --graceful-timeout.
+            if case .retiring = w.state, !w.ready { w.state = .retiring(since: now) }
+            w.ready = true
             workers[pid] = w
             if w.generation == current { bootFailures = 0 }
             if let old = w.replaces, let retiring = workers[old], w.state == .serving {
@@ -222,7 +232,10 @@ public struct Supervisor {
         let how = Spawn.describe(status: status)
         let generation = generations[w.generation]
         let inService = stopping == .no && (w.generation == current || w.generation == pending)
-        if !w.ready {
+        if !w.ready, w.failure == nil, w.state.isStopping {
+            // The master stopped it (TTOU, or its generation ended): not a failure to boot.
+            actions.append(.log(.debug, "worker \(pid) exited (\(how)) while booting; the master stopped it"))
+        } else if !w.ready {
             // The reason names of GATEWAY.md ("Loading"): a signal is a crash.
             let reason = w.failure ?? bootDeath(of: w, status: status, generation: generation)
             if w.generation == pending, stopping == .no {
@@ -325,6 +338,13 @@ public struct Supervisor {
                 continue
             case .aborting(let since):
                 if now.seconds(since: since) > Self.abortGrace { kill(w, &actions) }
+            case .retiring(let since) where !w.ready:
+                // A worker that finishes loading with TERM pending exits instead of saying
+                // READY; one still loading this long after TERM never accepted anything.
+                if now.seconds(since: since) > Self.abortGrace {
+                    actions.append(.log(.debug, "worker \(w.pid) was told to stop while booting and is still loading; killing it"))
+                    kill(w, &actions)
+                }
             case .retiring(let since):
                 if now.seconds(since: since) > g.settings.gracefulTimeout + 2 {
                     actions.append(.log(.warning, "worker \(w.pid) did not stop within --graceful-timeout \(g.settings.gracefulTimeout) s; killing it"))
@@ -381,8 +401,11 @@ public struct Supervisor {
                     actions.append(.spawn(generation: number, replacing: replacing))
                 }
             } else if live.count > g.target {
-                // TTOU: the oldest go.
-                for w in live.sorted(by: { $0.started < $1.started }).prefix(live.count - g.target) {
+                // TTOU: booting workers go first (they hold no connection), then the oldest.
+                let order = live.sorted { a, b in
+                    a.ready != b.ready ? !a.ready : a.started < b.started
+                }
+                for w in order.prefix(live.count - g.target) {
                     retire(w, now: now, &actions)
                 }
             }
@@ -409,7 +432,8 @@ public struct Supervisor {
         retireGeneration(number, phase: .failed(reason: reason), now: now, &actions)
         actions.append(.failed(generation: number, reason: reason, fatal: current == nil))
         if current == nil && stopping == .no {
-            // Nothing serves: the master stops (its workers are killed already).
+            // Nothing serves and nothing will: the master stops, its booting workers with it.
+            for w in workers.values where w.generation == number && !w.ready { kill(w, &actions) }
             stopping = .fast(deadline: now.adding(seconds: Self.fastStopGrace))
         }
     }
@@ -429,12 +453,13 @@ public struct Supervisor {
         for w in workers.values where w.generation == number { retire(w, now: now, &actions) }
     }
 
-    /// TERM for a ready worker, SIGKILL for one still booting (its signals are blocked
-    /// while it loads applications, and it holds no connection).
+    /// TERM, whether it is ready or still booting: a worker sends READY just before its
+    /// first accept, so one the master has not heard from yet may already hold a
+    /// connection. One still loading has its signals blocked and exits instead of saying
+    /// READY when it finds TERM pending; one still loading 2 s later is killed.
     private mutating func retire(_ w: Worker, now: Instant, _ actions: inout [Action]) {
         switch w.state {
-        case .booting: kill(w, &actions)
-        case .serving:
+        case .booting, .serving:
             actions.append(.signal(pid: w.pid, SIGTERM))
             workers[w.pid]?.state = .retiring(since: now)
         case .retiring, .quitting, .aborting, .killed: break

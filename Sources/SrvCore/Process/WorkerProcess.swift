@@ -162,6 +162,13 @@ public enum WorkerProcess {
         server.onRetire = { send(.retire) }
         // READY before the first accept: from then on a crash is a request's, not the boot's
         // (a request that crashes a worker must never fail a start or a reload).
+        // Told to stop while it loaded (its signals were blocked): it goes without serving,
+        // so the master may kill a worker that has not said READY 2 s after TERM.
+        if Self.stopPending() {
+            logger.debug("worker \(getpid()) was told to stop while booting; exiting before it serves")
+            for app in mounted { app.plugin.runUnloadHook() }
+            exit(0)
+        }
         for app in mounted { send(.app(mount: app.mount, name: app.plugin.name, version: app.plugin.version)) }
         send(.ready)
         do {
@@ -198,6 +205,16 @@ public enum WorkerProcess {
         server.waitUntilStopped()
         for app in mounted { app.plugin.runUnloadHook() }
         exit(0)
+    }
+}
+
+extension WorkerProcess {
+    /// TERM, HUP, INT or QUIT arrived while they were blocked.
+    static func stopPending() -> Bool {
+        var pending = sigset_t()
+        sigemptyset(&pending)
+        guard sigpending(&pending) == 0 else { return false }
+        return [SIGTERM, SIGHUP, SIGINT, SIGQUIT].contains { sigismember(&pending, $0) == 1 }
     }
 }
 
