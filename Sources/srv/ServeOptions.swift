@@ -19,7 +19,7 @@ struct ServeOptions: ParsableArguments {
     var reusePort: Bool?
     @Option(name: [.customShort("w"), .customLong("workers")], help: "Number of worker processes (default 1).")
     var workers: Int?
-    @Option(name: .customLong("threads"), help: "Run the application on N threads per worker (thread-safe apps only). Default 0: inline on the event loop.")
+    @Option(name: .customLong("threads"), help: "Run applications that declare SRV_FLAG_THREAD_SAFE on N threads per worker; others stay on the event loop. Default 0: every app inline on the event loop.")
     var threads: Int?
     @Option(name: .customLong("keep-alive"), help: "Seconds to keep an idle connection open (default 2).")
     var keepAlive: Double?

@@ -1548,20 +1548,15 @@ def test_threads_full_feature_set(threaded):
         c.close()
 
 
-def test_threads_refused_for_not_thread_safe_plugin(serve):
-    s = serve(["--app", plugin("valid"), "--threads", "2"], wait=False)
-    try:
-        rc = s.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"srv kept running:\n{s.read_log()}")
-    assert rc != 0
-    assert "SRV_FLAG_THREAD_SAFE" in s.read_log(), s.read_log()
-
-
-def test_not_thread_safe_plugin_without_threads(serve):
-    s = serve(["--app", plugin("valid")])
+@pytest.mark.parametrize("threads", [[], ["--threads", "2"]])
+def test_not_thread_safe_plugin_serves_with_or_without_threads(serve, threads):
+    """Without SRV_FLAG_THREAD_SAFE an app runs on the event loop, --threads or not
+    (GATEWAY.md, "Threads"); beside it a thread-safe app uses the threads."""
+    s = serve(["--app", plugin("valid"), "--mount", f"/c={plugin('conformance')}", *threads])
     r = request(s.port, path="/")
     assert r.status == 200 and r.body == b"valid\n", r
+    r = request(s.port, path="/c/environ")
+    assert r.status == 200 and json.loads(r.body)["multithread"] is bool(threads), r
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ public final class GatewayContext {
     let spoolDirectory: String
     /// The app runs on --threads pool threads: the callables are libffi closures.
     let threaded: Bool
-    /// environ's multithread: another thread may call the app at the same time (more
-    /// than one pool thread; the thread-safety flag is checked at boot).
+    /// Another thread may call a thread-safe app at the same time (more than one pool
+    /// thread): environ's multithread for apps with SRV_FLAG_THREAD_SAFE.
     let multithread: Bool
     let multiprocess: Bool
     let versionString = CString(GatewayABI.serverVersion)

@@ -268,7 +268,7 @@ final class RequestSlot {
         if self.connection !== connection { self.connection = connection }
         e.input = input
         e.errors = errors
-        e.multithread = context.multithread ? 1 : 0
+        e.multithread = context.multithread && app.plugin.threadSafe ? 1 : 0
         e.multiprocess = context.multiprocess ? 1 : 0
         e.run_once = 0
         extensions[0] = srv_header(name: k.keyVersion, value: context.versionString.str)
@@ -587,12 +587,16 @@ final class RequestSlot {
         bodyClosed = false
     }
 
+    /// The app runs on the worker's event-loop thread: without --threads, or without
+    /// SRV_FLAG_THREAD_SAFE (GATEWAY.md, "Threads").
+    var runsInline: Bool { !context.threaded || !app!.plugin.threadSafe }
+
     /// Calls the application.
     @inline(__always)
     func call() -> Int32 {
-        // Without --threads one call runs at a time: start_response and write need no
+        // On the event loop one call runs at a time: start_response and write need no
         // closure then (see srv_sys_call_inline).
-        if !context.threaded { return srv_sys_call_inline(app!.plugin.app, &closures, environ, body) }
+        if runsInline { return srv_sys_call_inline(app!.plugin.app, &closures, environ, body) }
         return app!.plugin.app(environ, closures.start_response, body)
     }
 

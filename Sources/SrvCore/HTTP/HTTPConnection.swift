@@ -602,7 +602,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         slot.begin()
         phase = .responding
         let scoreboard = worker.scoreboardPage
-        if let pool = worker.threadPool {
+        if let pool = worker.threadPool, !slot.runsInline {
             // The app may write through NIO from its thread: what is queued goes first.
             flush(context: context)
             pauseReads(context: context)

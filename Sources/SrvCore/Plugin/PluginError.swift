@@ -46,6 +46,9 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
         }
     }
 
+    /// The message with its reason name, as logs and `srv status` show a refusal.
+    public var withReason: String { "\(description) [\(reason)]" }
+
     public var description: String {
         let abi = "\(GatewayABI.major).\(GatewayABI.minor)"
         switch self {

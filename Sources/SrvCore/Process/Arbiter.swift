@@ -319,7 +319,7 @@ public final class Arbiter {
     /// application thread) and the listeners at fds 3, 4, 5...
     private func spawnWorker(_ generation: Generation) -> Result<pid_t, SpawnError> {
         guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a control pipe")) }
-        guard let scoreboard = Scoreboard(name: "srv-worker", entries: max(1, generation.settings.threads)) else {
+        guard let scoreboard = Scoreboard(name: "srv-worker", entries: Scoreboard.entries(threads: generation.settings.threads)) else {
             close(pipe.read); close(pipe.write)
             return .failure(SpawnError(description: "cannot create a scoreboard"))
         }

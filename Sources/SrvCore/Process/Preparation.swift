@@ -60,7 +60,8 @@ public final class Preparation {
                     entries.append(.refused(mount: mount, message: error.description, old: old, isDirectoryApp: isDirectoryApp))
                 }
             } catch {
-                entries.append(.refused(mount: mount, message: "\(error)", old: old, isDirectoryApp: isDirectoryApp))
+                let message = (error as? PluginError)?.withReason ?? "\(error)"
+                entries.append(.refused(mount: mount, message: message, old: old, isDirectoryApp: isDirectoryApp))
             }
         }
     }

@@ -21,6 +21,9 @@ public final class Scoreboard {
     /// reference counting.
     public let page: ScoreboardPage
 
+    /// One request entry for the event loop, and one per --threads pool thread.
+    public static func entries(threads: Int) -> Int { 1 + max(threads, 0) }
+
     static func size(entries: Int) -> Int {
         let bytes = entriesOffset + entries * entryStride
         return (bytes + 4095) / 4096 * 4096
@@ -94,8 +97,10 @@ public struct ScoreboardPage {
     /// The entry of the calling thread: 0 on the event loop (inline mode), the pool
     /// thread's own otherwise.
     @inline(__always)
+    /// Entry 0 is the event loop's (apps without SRV_FLAG_THREAD_SAFE run there even
+    /// with --threads); pool threads have one each after it.
     public func entry(threaded: Bool) -> Int {
-        threaded ? Int(srv_sys_thread_index()) % entries : 0
+        threaded && entries > 1 ? 1 + Int(srv_sys_thread_index()) % (entries - 1) : 0
     }
 
     @inline(__always)

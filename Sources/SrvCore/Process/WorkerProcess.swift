@@ -122,10 +122,9 @@ public enum WorkerProcess {
             send(.loading(mount: app.prefix))
             do {
                 let plugin = try Plugin(file: app.snapshot.path, displayPath: app.snapshot.source, snapshot: app.snapshot)
-                if settings.threads > 0 && !plugin.threadSafe {
-                    throw WorkerBootError(reason: "not-thread-safe", message: "\(app.snapshot.source): app '\(plugin.name)' does not declare SRV_FLAG_THREAD_SAFE, so srv will not call it from --threads \(settings.threads) threads. Run it without --threads, or make it thread-safe and set the flag in its descriptor.")
-                }
-                try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 1, multiprocess: settings.workers > 1)
+                // Without SRV_FLAG_THREAD_SAFE the app runs on the event loop, --threads or not.
+                try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 1 && plugin.threadSafe,
+                                       multiprocess: settings.workers > 1)
                 mounted.append(MountedApp(mount: app.prefix, plugin: plugin))
             } catch let e as PluginError {
                 var message = e.description
@@ -134,10 +133,6 @@ public enum WorkerProcess {
                 }
                 logger.error("\(message)")
                 send(.failed(reason: e.reason, message: message))
-                exit(3)
-            } catch let e as WorkerBootError {
-                logger.error("\(e.message)")
-                send(.failed(reason: e.reason, message: e.message))
                 exit(3)
             } catch {
                 send(.failed(reason: "error", message: "\(error)"))
@@ -216,9 +211,4 @@ extension WorkerProcess {
         guard sigpending(&pending) == 0 else { return false }
         return [SIGTERM, SIGHUP, SIGINT, SIGQUIT].contains { sigismember(&pending, $0) == 1 }
     }
-}
-
-struct WorkerBootError: Error {
-    let reason: String
-    let message: String
 }
