@@ -166,3 +166,39 @@ def test_an_upgrade_request_whose_body_comes_later_is_answered(app):
     r = c.read_response()
     assert r.status == 200 and r.body == b"hello"
     c.close()
+
+
+CHUNKED_ECHO = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("line", ["3;a=b", "3; a=b", "3;a =b", "3;a= b", "3 ; a = b", "3\t;\ta\t=\tb",
+                                  '3; a = "x ; y = z"; b', "3;a;b=c ; c"])
+def test_whitespace_around_chunk_extension_separators_is_allowed(app, line):
+    """RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS
+    chunk-ext-val ] ). The body is the chunks' data, and the connection goes on."""
+    raw = CHUNKED_ECHO + f"{line}\r\nabc\r\n2 ; x = y\r\nde\r\n0\r\n\r\n".encode() + \
+        b"GET /counter HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    responses, _ = exchange(app.port, raw)
+    assert [r.status for r in responses] == [200, 200], responses
+    assert responses[0].body == b"abcde", responses[0]
+
+
+def test_a_chunk_line_split_across_reads_keeps_its_extension_whitespace_allowed(app):
+    """The same line arriving in pieces (a client writing it byte by byte)."""
+    import time
+    c = Conn(app.port, timeout=10)
+    c.send(CHUNKED_ECHO)
+    for piece in [b"3", b" ", b"; a", b" =", b" b\r", b"\nabc\r\n", b"0;", b" z\r\n\r\n"]:
+        time.sleep(0.05)
+        c.send(piece)
+    r = c.read_response()
+    assert r.status == 200 and r.body == b"abc", r
+    c.close()
+
+
+@pytest.mark.parametrize("line", ["3;a b", "3;a=b c", "3; a b = c"])
+def test_a_chunk_extension_that_is_not_one_is_still_refused(app, line):
+    """Whitespace is allowed only around the separators: a name or value with a space in
+    it is malformed (400)."""
+    raw = CHUNKED_ECHO + f"{line}\r\nabc\r\n0\r\n\r\n".encode()
+    assert one(app.port, raw).status == 400

@@ -310,7 +310,7 @@ final class RequestSlot {
             while i < path.count {
                 let c = path[i]
                 if c == UInt8(ascii: "%") {
-                    guard i + 2 < path.count, let hi = Self.hex(path[i + 1]), let lo = Self.hex(path[i + 2]) else {
+                    guard i + 2 < path.count, let hi = HTTPChars.hexValue(path[i + 1]), let lo = HTTPChars.hexValue(path[i + 2]) else {
                         throw ClientError.badRequest("invalid percent-encoding in the request path")
                     }
                     start[n] = hi << 4 | lo
@@ -726,15 +726,6 @@ final class RequestSlot {
     // MARK: - Small helpers
 
     @inline(__always) static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
-
-    static func hex(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 48...57: return c - 48
-        case 65...70: return c - 55
-        case 97...102: return c - 87
-        default: return nil
-        }
-    }
 
     static func absoluteFormPath(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         // "http://host/path" → "/path" (RFC 9112 3.2.2).

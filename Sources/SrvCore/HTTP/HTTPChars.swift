@@ -6,6 +6,16 @@ import CSrvSystem
 enum HTTPChars {
     static func isToken(_ c: UInt8) -> Bool { srv_http_is_tchar(c) != 0 }
 
+    /// The value of a hexadecimal digit, nil for any other byte.
+    static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 65...70: return c - 55
+        case 97...102: return c - 87
+        default: return nil
+        }
+    }
+
     /// Visible characters, space, tab and obs-text; never CR, LF, NUL, DEL or other
     /// controls. The rule is C's, which the response path's header copy uses too.
     static func isFieldValue(_ bytes: UnsafeRawBufferPointer) -> Bool {

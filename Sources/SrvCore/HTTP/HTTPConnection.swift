@@ -51,6 +51,15 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private var parsing = false
     /// Why a parser callback stopped the parser: srv's answer to the request.
     private var refusal: (status: Int, message: String)?
+    /// A chunk-size line comes next in the input (llhttp paused before it): its chunk
+    /// extensions' whitespace is closed up first (RequestValidation.closeUpChunkExtensions).
+    private var chunkLineAhead = false
+    /// The parser paused for `chunkLineAhead`, not at the end of a message.
+    private var pausedForChunkLine = false
+    /// The start of a chunk-size line that has not fully arrived, parsed with the next read.
+    private var heldChunkLine: ByteBuffer?
+    /// The chunk llhttp is reading is the last one (size 0): trailers follow, not a size line.
+    private var lastChunk = false
     /// After an Upgrade or CONNECT request srv answers, then reads nothing more.
     private var upgraded = false
     /// The client shut down its sending side (or closed): what it sent is still answered,
@@ -222,10 +231,22 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             // body that went out at once): reads paused for it start again here.
             if takesInput { resumeReads(context: context) }
         }
+        if var held = heldChunkLine {
+            heldChunkLine = nil
+            held.writeBuffer(&buffer)
+            buffer = held
+        }
         while buffer.readableBytes > 0 {
             // srv serves no other protocol: after an Upgrade or CONNECT request (and its
             // body, which may come in later reads) the rest is dropped.
             if upgraded { if case .readingBody = phase {} else { return } }
+            if chunkLineAhead {
+                guard RequestValidation.closeUpChunkExtensions(in: &buffer) else {
+                    heldChunkLine = buffer
+                    return
+                }
+                chunkLineAhead = false
+            }
             // Between messages or inside a head: trailing tabs of field values become
             // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5).
             if case .idle = phase { RequestValidation.spaceTrailingTabs(in: &buffer) }
@@ -246,6 +267,11 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             switch rc {
             case HPE_OK:
                 return
+            case HPE_PAUSED where pausedForChunkLine:
+                buffer.moveReaderIndex(forwardBy: consumed)
+                c_nio_llhttp_resume(parser)
+                pausedForChunkLine = false
+                chunkLineAhead = true
             case HPE_PAUSED, HPE_PAUSED_UPGRADE:
                 buffer.moveReaderIndex(forwardBy: consumed)
                 c_nio_llhttp_resume(parser)
@@ -280,6 +306,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         s.pointee.on_headers_complete = { p in HTTPConnection.with(p) { $0.headersComplete(p!) } }
         s.pointee.on_body = { p, at, n in HTTPConnection.with(p) { $0.bodyData(at!, n) } }
         s.pointee.on_chunk_header = { p in HTTPConnection.with(p) { $0.chunkHeader(p!) } }
+        s.pointee.on_chunk_complete = { p in HTTPConnection.with(p) { $0.chunkComplete() } }
         s.pointee.on_message_complete = { p in
             // As NIO's decoder does (llhttp issue 202): no stale length for the next message.
             p!.pointee.content_length = 0
@@ -374,7 +401,20 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             upgraded = true
             closeAfterResponse = true
         }
-        return startRequest() ? 0 : -1
+        guard startRequest() else { return -1 }
+        return UInt32(p.pointee.flags) & F_CHUNKED.rawValue != 0 ? pauseForChunkLine() : 0
+    }
+
+    /// Stops llhttp where a chunk-size line starts, so that `parse` can close up the
+    /// line's extension whitespace before llhttp reads it.
+    private func pauseForChunkLine() -> Int32 {
+        lastChunk = false
+        pausedForChunkLine = true
+        return Int32(HPE_PAUSED.rawValue)
+    }
+
+    private func chunkComplete() -> Int32 {
+        lastChunk ? 0 : pauseForChunkLine()
     }
 
     private func bodyData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
@@ -399,9 +439,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// --limit-request-body is refused before any of it is read or spooled, as a
     /// Content-Length over the limit is.
     private func chunkHeader(_ p: UnsafeMutablePointer<llhttp_t>) -> Int32 {
+        let announced = p.pointee.content_length
+        lastChunk = announced == 0
         guard case .readingBody = phase, let slot = slot else { return 0 }
         let limit = worker.limits.body
-        let announced = p.pointee.content_length
         if announced > UInt64(limit) || slot.requestBody.length + Int(announced) > limit {
             return refuse(413, "the request body is larger than the limit of \(limit) bytes (--limit-request-body): a chunk of \(announced) bytes follows \(slot.requestBody.length)")
         }

@@ -103,6 +103,57 @@ enum RequestValidation {
         }
     }
 
+    /// At the start of a chunk-size line: the whitespace RFC 9112 7.1.1 allows around a
+    /// chunk extension's `;` and `=` (BWS), which llhttp refuses, is taken out, and the size
+    /// gets as many leading zeros so the line keeps its length (`3 ; a = b` becomes
+    /// `00003;a=b`). Quoted strings are left alone. False while the line has not fully
+    /// arrived: its bytes must wait for the rest (a line past `maxLine` is left to llhttp).
+    static func closeUpChunkExtensions(in buffer: inout ByteBuffer, maxLine: Int = 4096) -> Bool {
+        buffer.withUnsafeMutableReadableBytes { raw -> Bool in
+            let n = min(raw.count, maxLine)
+            guard let lf = (0..<n).first(where: { raw[$0] == 0x0a }) else { return raw.count > maxLine }
+            let end = lf > 0 && raw[lf - 1] == 0x0d ? lf - 1 : lf
+            var start = 0
+            while start < end, HTTPChars.hexValue(raw[start]) != nil { start += 1 }
+            guard start < end, raw[start] == 0x20 || raw[start] == 0x09 || raw[start] == 0x3b else { return true }
+            var kept: [UInt8] = []
+            kept.reserveCapacity(end - start)
+            var i = start, quoted = false
+            while i < end {
+                let c = raw[i]
+                if quoted {
+                    kept.append(c)
+                    if c == 0x5c, i + 1 < end { kept.append(raw[i + 1]); i += 1 } else if c == 0x22 { quoted = false }
+                    i += 1
+                    continue
+                }
+                if c == 0x20 || c == 0x09 {
+                    var j = i
+                    while j < end, raw[j] == 0x20 || raw[j] == 0x09 { j += 1 }
+                    let before = kept.last ?? 0x3b  // right after the size counts as before `;`
+                    let after = j < end ? raw[j] : 0
+                    if before == 0x3b || before == 0x3d || after == 0x3b || after == 0x3d {
+                        i = j  // BWS: dropped
+                        continue
+                    }
+                    kept.append(contentsOf: (i..<j).map { raw[$0] })
+                    i = j
+                    continue
+                }
+                if c == 0x22 { quoted = true }
+                kept.append(c)
+                i += 1
+            }
+            let removed = (end - start) - kept.count
+            guard removed > 0 else { return true }
+            // Shift the size right over the removed bytes, then the extensions after it.
+            for k in stride(from: start - 1, through: 0, by: -1) { raw[k + removed] = raw[k] }
+            for k in 0..<removed { raw[k] = 0x30 }
+            for (k, c) in kept.enumerated() { raw[start + removed + k] = c }
+            return true
+        }
+    }
+
     /// The bytes of a head at the start of `raw`: through its CR LF CR LF, or all of them.
     private static func headLength(_ raw: UnsafeRawBufferPointer) -> Int {
         var i = 0
