@@ -24,3 +24,10 @@ uint64_t srv_sys_send_progress(int fd) {
         return info.tcpi_bytes_acked;
     return (uint64_t)(uint32_t)srv_sys_unsent_bytes(fd);
 }
+
+int srv_sys_listen_queue_length(int fd) {
+    struct tcp_info info;
+    socklen_t len = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != 10 /* TCP_LISTEN */) return -1;
+    return (int)info.tcpi_unacked;  /* for a listener: the accept queue's length */
+}

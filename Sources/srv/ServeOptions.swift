@@ -25,6 +25,8 @@ struct ServeOptions: ParsableArguments {
     var keepAlive: Double?
     @Option(name: .customLong("body-timeout"), help: "Seconds a request body may pause between bytes before srv answers 408 (nginx's client_body_timeout; default 60).")
     var bodyTimeout: Double?
+    @Option(name: .customLong("metrics-bind"), help: ArgumentHelp("Serve Prometheus metrics of the whole server (every worker and generation) at http://ADDR/metrics, from the master; HOST:PORT or unix:PATH, not one of the --bind addresses.", valueName: "ADDR"))
+    var metricsBind: String?
     @Option(name: .customLong("send-timeout"), help: "Seconds a response may wait for the client to take a byte before srv drops the connection (nginx's send_timeout; default 60).")
     var sendTimeout: Double?
     @Option(name: .customLong("limit-request-line"), help: "Maximum request line size in bytes, 0 for unlimited (default 4094).")
@@ -90,7 +92,7 @@ struct ServeOptions: ParsableArguments {
 
     /// The long names a config file may use.
     static let settingNames: Set<String> = [
-        "app", "mount", "apps-dir", "bind", "backlog", "reuse-port", "workers", "threads", "keep-alive", "body-timeout", "send-timeout", "limit-request-line",
+        "app", "mount", "apps-dir", "bind", "backlog", "reuse-port", "workers", "threads", "keep-alive", "body-timeout", "send-timeout", "metrics-bind", "limit-request-line",
         "limit-request-fields", "limit-request-field-size", "limit-request-body", "body-memory-limit", "spool-dir",
         "forwarded-allow-ips", "proxy-protocol", "proxy-allow-from", "access-logfile", "access-logformat",
         "error-logfile", "log-level", "pid", "timeout", "graceful-timeout", "boot-timeout", "max-requests",
@@ -123,6 +125,7 @@ struct ServeOptions: ParsableArguments {
         if let v = keepAlive { s.keepAlive = v }
         if let v = bodyTimeout { s.bodyTimeout = v }
         if let v = sendTimeout { s.sendTimeout = v }
+        if let v = metricsBind { s.metricsBind = v }
         if let v = limitRequestLine { s.limitRequestLine = v }
         if let v = limitRequestFields { s.limitRequestFields = v }
         if let v = limitRequestFieldSize { s.limitRequestFieldSize = v }

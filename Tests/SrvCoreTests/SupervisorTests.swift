@@ -219,6 +219,24 @@ final class SupervisorTests: XCTestCase {
         XCTAssertTrue(signals(tick()).contains { $0 == (p[0], SIGKILL) }, "SIGKILL follows the abort")
     }
 
+    func testARetiringWorkersRequestPastTimeoutIsAbortedTooAndItsExitSaysTimeout() {
+        send(.boot(generation(1, settings(timeout: 2, graceful: 30))))
+        readyAll(1)
+        let old = pids(of: 1)
+        let started = t.nanoseconds
+        send(.boot(generation(2, settings(timeout: 2, graceful: 30))))
+        readyAll(2)  // generation 1 retires (TERM), one of its workers in a request
+        XCTAssertEqual(s.current, 2)
+        advance(2.5)
+        let stuck = Supervisor.Activity(heartbeat: t.nanoseconds, oldestRequest: Scoreboard.Request(started: started, line: "GET /sleep"))
+        let actions = tick([old[0]: stuck])
+        XCTAssertTrue(signals(actions).contains { $0 == (old[0], SIGABRT) }, "--graceful-timeout 30 does not outlast --timeout 2: \(actions)")
+        let exit = send(.exited(pid: old[0], status: SIGABRT, lastRequest: stuck.oldestRequest))
+        XCTAssertTrue(exit.contains(.exited(pid: old[0], cause: .timeout)), "\(exit)")
+        let other = send(.exited(pid: old[1], status: 0, lastRequest: nil))
+        XCTAssertTrue(other.contains(.exited(pid: old[1], cause: .reload)), "\(other)")
+    }
+
     func testMaxRequestsRetiresAWorkerOnlyOnceItsReplacementIsReady() {
         startServing()
         let p = pids(of: 1)

@@ -42,6 +42,8 @@ int srv_sys_unsent_bytes(int fd);
  *  bytes it acknowledged (TCP_INFO) on TCP, the unsent bytes elsewhere. A response that
  *  waits while it stays the same waits for a client that does not read (--send-timeout). */
 uint64_t srv_sys_send_progress(int fd);
+/** Connections waiting in a listening TCP socket's accept queue, or -1 (not one). */
+int srv_sys_listen_queue_length(int fd);
 
 /** Asks the kernel to send `sig` to this process when its parent exits. */
 int srv_sys_set_parent_death_signal(int sig);

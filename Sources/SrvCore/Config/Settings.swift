@@ -30,6 +30,8 @@ public struct Settings: Codable, Equatable {
     /// send_timeout): then srv drops the connection, and a thread blocked writing to it
     /// comes back.
     public var sendTimeout = 60.0
+    /// Where the master serves /metrics (Prometheus text format): HOST:PORT or unix:PATH.
+    public var metricsBind: String?
     public var limitRequestLine = 4094
     public var limitRequestFields = 100
     public var limitRequestFieldSize = 8190
@@ -109,6 +111,13 @@ public struct Settings: Codable, Equatable {
         }
         for b in effectiveBinds {
             if case .failure(let e) = BindAddress.parse(b) { problems.append(e.description) }
+        }
+        if let m = metricsBind {
+            if case .failure(let e) = BindAddress.parse(m) {
+                problems.append("metrics-bind: \(e.description)")
+            } else if effectiveBinds.contains(m) {
+                problems.append("metrics-bind \(m): expected an address of its own, found one of the application's --bind addresses (metrics are never served to the application's clients)")
+            }
         }
         for pair in environment where !pair.contains("=") || pair.hasPrefix("=") {
             problems.append("env \"\(pair)\": expected KEY=VALUE (for example -e BLOG_DATA_DIR=/var/lib/blog)")

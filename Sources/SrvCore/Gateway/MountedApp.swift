@@ -9,10 +9,13 @@ public final class MountedApp {
     /// srv_str values that are the same for every request of this app.
     let scriptName: CString
     let appHash: CString
+    /// Where its requests count in the scoreboard (RequestMetrics: 1 + its position).
+    let metricsSlot: Int
 
-    public init(mount: String, plugin: Plugin) {
+    public init(mount: String, plugin: Plugin, metricsSlot: Int = 0) {
         self.mount = mount
         self.plugin = plugin
+        self.metricsSlot = metricsSlot
         self.scriptName = CString(mount)
         self.appHash = CString(plugin.snapshot?.hash ?? "")
     }

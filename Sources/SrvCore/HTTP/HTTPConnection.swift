@@ -89,6 +89,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private var kernelQueueSeen = false
     private var idleTimer: Scheduled<Void>?
     private var requestStart = timespec()
+    /// When the request began (monotonic ns), for the duration histogram (--metrics-bind).
+    private var requestStartNanos: UInt64 = 0
     private var iterating = false
     private var tornDown = false
     /// The app is running on a --threads pool thread with the current slot.
@@ -331,6 +333,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         if refusal != nil { refusal = nil }
         lastActivity = CoarseClock.now()
         if worker.accessLog != nil { clock_gettime(CLOCK_REALTIME, &requestStart) }
+        if worker.metricsPage != nil { requestStartNanos = Instant.now().nanoseconds }
         return 0
     }
 
@@ -500,6 +503,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         case .discardingBody(let status, let message):
             phase = .idle
             respondPlain(status: status, message: message, close: !head.keepAlive, context: context)
+            count(status: status, bytes: message.utf8.count + 1, app: nil)
             requestFinished(context: context)
         default:
             break
@@ -654,7 +658,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 // Each pool thread has its own scoreboard entry: --timeout sees every
                 // request that runs, from the moment a thread runs it.
                 let entry = scoreboard?.entry(threaded: true) ?? 0
-                scoreboard?.requestBegan(entry: entry, method: slot.methodBytes, target: slot.targetBytes)
+                scoreboard?.requestBegan(entry: entry, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes)
                 let rc = slot.call()
                 scoreboard?.requestEnded(entry: entry)
                 loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
@@ -663,7 +667,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             // Answers to earlier pipelined requests go to the kernel before the app runs: if
             // it crashes the worker, they still reach the client (only a pipelined read pays).
             if out.count > 0 { flush(context: context) }
-            scoreboard?.requestBegan(entry: 0, method: slot.methodBytes, target: slot.targetBytes)
+            scoreboard?.requestBegan(entry: 0, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes)
             slot.inlineOutput = self
             let rc = slot.call()
             slot.inlineOutput = nil
@@ -800,6 +804,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         if let slot = slot {
             keepAlive = slot.keepAlive
             if let log = worker.accessLog { logAccess(log, status: slot.status, bytes: slot.bodyBytes, id: slot.requestID) }
+            count(status: slot.status, bytes: slot.bodyBytes, app: slot.app)
             worker.releaseSlot(slot)  // recycleSlot() without loading `slot` again
             self.slot = nil
             worker.requestCompleted()
@@ -858,6 +863,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         }
     }
 
+    /// Counts a response for --metrics-bind (RequestMetrics); `app` nil for srv's own.
+    @inline(__always)
+    private func count(status: Int, bytes: Int, app: MountedApp?) {
+        guard let page = worker.metricsPage else { return }
+        page.recordRequest(slot: app?.metricsSlot ?? 0, method: head.isComplete ? head.method : .max, status: status,
+                           bytes: head.isComplete && head.isHEAD ? 0 : bytes, nanoseconds: Instant.now().nanoseconds &- requestStartNanos)
+    }
+
     private func logAccess(_ log: AccessLog, status: Int, bytes: Int, id: String) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
@@ -875,6 +888,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func reject(status: Int, message: String, context: ChannelHandlerContext) {
         respondPlain(status: status, message: message, close: true, context: context)
         if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1, id: "-") }
+        count(status: status, bytes: message.utf8.count + 1, app: nil)
         phase = .closing
         pending = nil
         flush(context: context)

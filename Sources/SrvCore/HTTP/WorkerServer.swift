@@ -17,6 +17,8 @@ public final class WorkerServer {
     /// Kept alive here; the request path writes through `scoreboardPage`.
     private let scoreboard: Scoreboard?
     let scoreboardPage: ScoreboardPage?
+    /// The scoreboard when --metrics-bind is set: responses and connections are counted.
+    let metricsPage: ScoreboardPage?
     let accessLog: AccessLog?
     let dateCache: DateCache
     let gateway: GatewayContext
@@ -45,6 +47,7 @@ public final class WorkerServer {
         self.logger = logger
         self.scoreboard = scoreboard
         self.scoreboardPage = scoreboard?.page
+        self.metricsPage = settings.metricsBind != nil ? scoreboard?.page : nil
         self.accessLog = accessLog
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.dateCache = DateCache(threadSafe: settings.threads > 0)
@@ -174,10 +177,12 @@ public final class WorkerServer {
 
     func connectionOpened(_ c: HTTPConnection) {
         connections[ObjectIdentifier(c)] = c
+        metricsPage?.connectionsChanged(by: 1)
     }
 
     func connectionClosed(_ c: HTTPConnection) {
         connections[ObjectIdentifier(c)] = nil
+        metricsPage?.connectionsChanged(by: -1)
         if isShuttingDown && connections.isEmpty { finishDraining() }
     }
 

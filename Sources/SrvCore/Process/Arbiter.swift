@@ -55,6 +55,9 @@ public final class Arbiter {
     /// The TCP listeners were opened for --reuse-port (decided once, at start): the
     /// master's own sockets hold the addresses without listening.
     var reusingPorts = false
+    /// --metrics-bind: the whole server's numbers, and where the master serves them.
+    let metrics = ServerMetrics()
+    var metricsServer: MetricsServer?
 
     /// The signals the master handles, all through its signalfd (CSrvSystem blocks them
     /// before main runs).
@@ -85,6 +88,7 @@ public final class Arbiter {
         do {
             try prepareRuntimeFiles()
             listeners = try openListeners()
+            metricsServer = try openMetricsListener()
         } catch {
             logger.critical("\(error)")
             return 1
@@ -103,6 +107,7 @@ public final class Arbiter {
             while case let sig = srv_sys_signalfd_read(signalFD), sig > 0 { handleSignal(sig) }
             readWorkerMessages()
             reapChildren()
+            metricsServer?.serve(now: Instant.now(), render: renderMetrics)
             bootPreparedGeneration()
             if let watcher = watcher, watcher.poll(), supervisor.stopping == .no {
                 logger.info("application files changed (--reload); reloading")
@@ -122,6 +127,7 @@ public final class Arbiter {
         for link in links.values { fds.append(pollfd(fd: link.control, events: Int16(POLLIN), revents: 0)) }
         for fd in preparation?.descriptors ?? [] { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
         if let watcher = watcher { fds.append(pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)) }
+        fds += metricsServer?.pollDescriptors ?? []
         _ = poll(&fds, nfds_t(fds.count), milliseconds)
     }
 
@@ -134,7 +140,7 @@ public final class Arbiter {
         if reexecChild == nil || settings.statusFile == nil { unlink(statusWriter.path) }
         try? FileManager.default.removeItem(atPath: snapshotDirectory)
         if reexecChild == nil {
-            for l in listeners { if case .unix(let path) = l.address { unlink(path) } }
+            for l in listeners + [metricsServer?.listener].compactMap({ $0 }) { if case .unix(let path) = l.address { unlink(path) } }
         }
     }
 
@@ -199,6 +205,8 @@ public final class Arbiter {
                 }
             case .signal(let pid, let sig):
                 kill(pid, sig)
+            case .exited(_, let cause):
+                metrics.workerExits[cause, default: 0] += 1
             case .log(let level, let message):
                 logger.log(level: level, "\(message)")
             case .promoted(let number, let previous):
@@ -220,6 +228,7 @@ public final class Arbiter {
         guard let g = supervisor.currentGeneration else { return }
         settings = g.settings
         lastReloadError = nil
+        if previous != nil { metrics.reloads["promoted", default: 0] += 1 }
         removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
         if let old = previous {
@@ -242,6 +251,7 @@ public final class Arbiter {
         let serving = supervisor.currentGeneration
         logger.error("reload failed: \(reason); generation \(serving?.number ?? 0) (\(serving?.versions ?? "")) keeps serving")
         lastReloadError = reason
+        metrics.reloads["failed", default: 0] += 1
         removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
         notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(serving?.number ?? 0) keeps serving")
@@ -261,6 +271,7 @@ public final class Arbiter {
         } catch {
             logger.error("reload: the configuration is invalid, keeping the running settings: \(error)")
             lastReloadError = "configuration: \(error)"
+            metrics.reloads["failed", default: 0] += 1
             notify.send("READY=1\nSTATUS=reload refused: invalid configuration")
             return
         }
@@ -340,7 +351,7 @@ public final class Arbiter {
         do {
             let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
                                     extraEnvironment: environment,
-                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID"])
+                                    removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID", "SRV_INHERIT_METRICS_FD"])
             close(pipe.write)
             _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
             links[pid] = WorkerLink(control: pipe.read, scoreboard: scoreboard)
@@ -383,9 +394,34 @@ public final class Arbiter {
             guard let link = links[pid] else { continue }  // a cancelled check
             readMessages(of: pid, link)  // what it said last: a FAIL line arrives just before its exit
             links[pid] = nil
+            metrics.workerExited(scoreboard: link.scoreboard, apps: apps(ofWorker: pid))
             perform(supervisor.handle(.exited(pid: pid, status: status, lastRequest: link.scoreboard.requestsInFlight.first),
                                       now: Instant.now()))
         }
+    }
+
+    /// The applications of a worker's generation, in the order of its scoreboard's slots.
+    private func apps(ofWorker pid: pid_t) -> [WorkerApp] {
+        supervisor.workers[pid].flatMap { supervisor.generations[$0.generation]?.apps } ?? []
+    }
+
+    private func renderMetrics() -> [UInt8] {
+        let live = links.map { ServerMetrics.LiveWorker(pid: $0.key, scoreboard: $0.value.scoreboard, apps: apps(ofWorker: $0.key)) }
+        return metrics.render(live: live, supervisor: supervisor, listeners: listeners)
+    }
+
+    /// --metrics-bind's socket: inherited from the old master after USR2, or opened.
+    private func openMetricsListener() throws -> MetricsServer? {
+        guard let text = settings.metricsBind else { return nil }
+        let env = ProcessInfo.processInfo.environment
+        if let fd = env["SRV_INHERIT_METRICS_FD"].flatMap(Int32.init), fd > 2 {
+            let l = inheritedListener(fd: fd)
+            return MetricsServer(listener: l)
+        }
+        guard case .success(let address) = BindAddress.parse(text) else { throw SpawnError(description: "invalid metrics-bind \(text)") }
+        let l = try Listener.open(address, backlog: 64, umask: settings.umask)
+        logger.info("metrics at \(l.boundDescription), path /metrics (--metrics-bind)")
+        return MetricsServer(listener: l)
     }
 
     /// What each worker's scoreboard says, for --timeout.
@@ -515,11 +551,17 @@ public final class Arbiter {
         var args = Array(CommandLine.arguments.dropFirst())
         if args.first == "serve" { args.removeFirst() }
         do {
-            let pid = try Spawn.srv(["serve"] + args, executable: access(Spawn.installedExecutable, X_OK) == 0 ? Spawn.installedExecutable : Spawn.executable, fds: listeners.map { $0.fd },
-                                    extraEnvironment: ["SRV_INHERIT_LISTENERS": String(listeners.count),
-                                                       "SRV_INHERIT_REUSEPORT": reusingPorts ? "1" : "0",
-                                                       "SRV_OLD_MASTER_PID": String(getpid())],
-                                    removing: ["LISTEN_FDS", "LISTEN_PID"])
+            var fds = listeners.map { $0.fd }
+            var environment = ["SRV_INHERIT_LISTENERS": String(listeners.count),
+                               "SRV_INHERIT_REUSEPORT": reusingPorts ? "1" : "0",
+                               "SRV_OLD_MASTER_PID": String(getpid())]
+            if let m = metricsServer {
+                environment["SRV_INHERIT_METRICS_FD"] = String(3 + fds.count)
+                fds.append(m.listener.fd)
+            }
+            let pid = try Spawn.srv(["serve"] + args, executable: access(Spawn.installedExecutable, X_OK) == 0 ? Spawn.installedExecutable : Spawn.executable, fds: fds,
+                                    extraEnvironment: environment,
+                                    removing: ["LISTEN_FDS", "LISTEN_PID", "SRV_INHERIT_METRICS_FD"])
             reexecChild = pid
             logger.info("USR2: started new master \(pid) on the same listeners; this master retires once it is ready")
         } catch {

@@ -7,13 +7,16 @@ import Glibc
 /// the last one to start. Updating it costs a few stores and no system call, so a worker
 /// can report every request; the master uses it for --timeout and `srv status`.
 ///
-/// Layout: heartbeat at 0, requests served at 8, the entry count at 16, entries from 64,
-/// each `entryStride` bytes: the start (monotonic ns, 0 when idle) at 0, the line's length
-/// at 8, the line ("GET /path") from 16.
+/// Layout: heartbeat at 0, requests served at 8, the entry count at 16, open connections
+/// at 24, entries from 64, each `entryStride` bytes: the start (monotonic ns, 0 when idle)
+/// at 0, the line's length at 8, the application slot at 12, the line ("GET /path") from
+/// 16; then the request counters of `RequestMetrics`.
 public final class Scoreboard {
     static let lineCapacity = 256
     static let entriesOffset = 64
     static let entryStride = 16 + lineCapacity + 16
+    static let connectionsOffset = 24
+    static func metricsOffset(entries: Int) -> Int { entriesOffset + entries * entryStride }
     public let fd: Int32
     public let entries: Int
     let size: Int
@@ -25,7 +28,7 @@ public final class Scoreboard {
     public static func entries(threads: Int) -> Int { 1 + max(threads, 0) }
 
     static func size(entries: Int) -> Int {
-        let bytes = entriesOffset + entries * entryStride
+        let bytes = metricsOffset(entries: entries) + RequestMetrics.bytes
         return (bytes + 4095) / 4096 * 4096
     }
 
@@ -62,10 +65,12 @@ public final class Scoreboard {
     public var lastHeartbeat: UInt64 { page.load(0) }
     public var requestsServed: UInt64 { page.load(8) }
 
-    /// A request in flight: when it began (monotonic ns) and its line.
+    /// A request in flight: when it began (monotonic ns), its line and its application
+    /// slot (RequestMetrics).
     public struct Request: Equatable {
         public var started: UInt64
         public var line: String
+        public var slot: Int = 0
     }
 
     /// Every request in flight, oldest first.
@@ -75,7 +80,8 @@ public final class Scoreboard {
             let started = entry.load(as: UInt64.self)
             guard started != 0 else { return nil }
             let n = min(Int((entry + 8).load(as: UInt32.self)), Self.lineCapacity)
-            return Request(started: started, line: String(decoding: UnsafeRawBufferPointer(start: entry + 16, count: n), as: UTF8.self))
+            return Request(started: started, line: String(decoding: UnsafeRawBufferPointer(start: entry + 16, count: n), as: UTF8.self),
+                           slot: Int((entry + 12).load(as: UInt32.self)))
         }.sorted { $0.started < $1.started }
     }
 }
@@ -94,17 +100,15 @@ public struct ScoreboardPage {
 
     public func heartbeat() { store(0, CoarseClock.now()) }
 
-    /// The entry of the calling thread: 0 on the event loop (inline mode), the pool
-    /// thread's own otherwise.
+    /// The entry of the calling thread: 0 on the event loop (inline mode, and apps
+    /// without SRV_FLAG_THREAD_SAFE under --threads), the pool thread's own after it.
     @inline(__always)
-    /// Entry 0 is the event loop's (apps without SRV_FLAG_THREAD_SAFE run there even
-    /// with --threads); pool threads have one each after it.
     public func entry(threaded: Bool) -> Int {
         threaded && entries > 1 ? 1 + Int(srv_sys_thread_index()) % (entries - 1) : 0
     }
 
     @inline(__always)
-    public func requestBegan(entry: Int, method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
+    public func requestBegan(entry: Int, slot: Int, method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
         let e = base + Scoreboard.entriesOffset + entry * Scoreboard.entryStride
         var n = min(method.count, Scoreboard.lineCapacity - 1)
         if n > 0 { (e + 16).copyMemory(from: method.baseAddress!, byteCount: n) }
@@ -114,6 +118,7 @@ public struct ScoreboardPage {
         if m > 0 { (e + 16 + n).copyMemory(from: target.baseAddress!, byteCount: m) }
         n += m
         (e + 8).storeBytes(of: UInt32(n), as: UInt32.self)
+        (e + 12).storeBytes(of: UInt32(truncatingIfNeeded: slot), as: UInt32.self)
         e.storeBytes(of: CoarseClock.now(), as: UInt64.self)
     }
 

@@ -111,8 +111,17 @@ public struct Supervisor {
         case tick(activity: [pid_t: Activity])
     }
 
+    /// Why a worker process ended, for the metrics (srv_worker_exits_total).
+    public enum ExitCause: String, CaseIterable {
+        case crash, timeout, signal, reload, resize, stop
+        case maxRequests = "max-requests"
+        case bootFailure = "boot-failure"
+    }
+
     public enum Action: Equatable {
         case spawn(generation: Int, replacing: pid_t?)
+        /// A worker was reaped, for this reason.
+        case exited(pid: pid_t, cause: ExitCause)
         case signal(pid: pid_t, Int32)
         case log(Logger.Level, String)
         /// `generation` serves now; `previous` (if any) retires.
@@ -232,6 +241,7 @@ public struct Supervisor {
         let how = Spawn.describe(status: status)
         let generation = generations[w.generation]
         let inService = stopping == .no && (w.generation == current || w.generation == pending)
+        actions.append(.exited(pid: pid, cause: exitCause(of: w, status: status)))
         if !w.ready, w.failure == nil, w.state.isStopping {
             // The master stopped it (TTOU, or its generation ended): not a failure to boot.
             actions.append(.log(.debug, "worker \(pid) exited (\(how)) while booting; the master stopped it"))
@@ -265,6 +275,23 @@ public struct Supervisor {
             }
         }
         // A replacement that died leaves the retiring worker to be replaced again (tick).
+    }
+
+    private func exitCause(of w: Worker, status: Int32) -> ExitCause {
+        if !w.ready && !w.state.isStopping { return .bootFailure }
+        let sig = status & 0x7f
+        let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGTRAP].contains(sig)
+        switch w.state {
+        case .aborting: return .timeout
+        case _ where fault || sig == SIGABRT:
+            return .crash  // the application's fault, even in a worker on its way out
+        case .retiring, .quitting, .killed:
+            if stopping != .no { return .stop }
+            if w.retireRequested { return .maxRequests }
+            return w.generation == current ? .resize : .reload
+        case .booting, .serving:
+            return sig != 0 ? .signal : .crash  // killed from outside, or exited by itself
+        }
     }
 
     private mutating func resize(by delta: Int, _ actions: inout [Action]) {
@@ -349,6 +376,10 @@ public struct Supervisor {
                 if now.seconds(since: since) > g.settings.gracefulTimeout + 2 {
                     actions.append(.log(.warning, "worker \(w.pid) did not stop within --graceful-timeout \(g.settings.gracefulTimeout) s; killing it"))
                     kill(w, &actions)
+                } else if let r = activity[w.pid]?.oldestRequest, let stuck = timedOut(w, request: r, timeout: g.settings.timeout, now: now) {
+                    // Draining does not exempt a request from --timeout (as Gunicorn's
+                    // murder_workers): it dies at the same age as in a serving worker.
+                    abort(w, stuck, now: now, &actions)
                 }
             case .quitting(let since):
                 if now.seconds(since: since) > Self.fastStopGrace { kill(w, &actions) }
@@ -363,24 +394,29 @@ public struct Supervisor {
             case .serving:
                 guard let a = activity[w.pid] else { continue }
                 let timeout = g.settings.timeout
-                var stuck: String?
                 let at = now.nanoseconds
                 if let r = a.oldestRequest {
                     // In a request the request's own age decides (the heartbeat may stop with it).
-                    let ran = at > r.started ? Double(at - r.started) / 1e9 : 0
-                    if ran > timeout {
-                        stuck = "worker \(w.pid) timed out after \(String(format: "%.1f", ran)) s serving \"\(r.line)\" (--timeout \(timeout) s); aborting it"
-                    }
+                    if let stuck = timedOut(w, request: r, timeout: timeout, now: now) { abort(w, stuck, now: now, &actions) }
                 } else if a.heartbeat > 0, at > a.heartbeat, Double(at - a.heartbeat) / 1e9 > timeout {
-                    stuck = "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(at - a.heartbeat) / 1e9)) s (--timeout \(timeout) s); aborting it"
-                }
-                if let stuck = stuck {
-                    actions.append(.log(.critical, stuck))
-                    actions.append(.signal(pid: w.pid, SIGABRT))
-                    workers[w.pid]?.state = .aborting(since: now)
+                    abort(w, "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(at - a.heartbeat) / 1e9)) s (--timeout \(timeout) s); aborting it",
+                          now: now, &actions)
                 }
             }
         }
+    }
+
+    /// The log line for a request past --timeout, or nil.
+    private func timedOut(_ w: Worker, request r: Scoreboard.Request, timeout: Double, now: Instant) -> String? {
+        let ran = now.nanoseconds > r.started ? Double(now.nanoseconds - r.started) / 1e9 : 0
+        guard ran > timeout else { return nil }
+        return "worker \(w.pid) timed out after \(String(format: "%.1f", ran)) s serving \"\(r.line)\" (--timeout \(timeout) s); aborting it"
+    }
+
+    private mutating func abort(_ w: Worker, _ why: String, now: Instant, _ actions: inout [Action]) {
+        actions.append(.log(.critical, why))
+        actions.append(.signal(pid: w.pid, SIGABRT))
+        workers[w.pid]?.state = .aborting(since: now)
     }
 
     /// Keeps the serving generation, and a booting one, at their targets.

@@ -125,7 +125,7 @@ public enum WorkerProcess {
                 // Without SRV_FLAG_THREAD_SAFE the app runs on the event loop, --threads or not.
                 try plugin.runLoadHook(mount: app.prefix, multithread: settings.threads > 1 && plugin.threadSafe,
                                        multiprocess: settings.workers > 1)
-                mounted.append(MountedApp(mount: app.prefix, plugin: plugin))
+                mounted.append(MountedApp(mount: app.prefix, plugin: plugin, metricsSlot: mounted.count + 1))
             } catch let e as PluginError {
                 var message = e.description
                 if case .unreadable = e, let uid = settings.workerUID {
