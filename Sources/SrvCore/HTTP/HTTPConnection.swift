@@ -503,7 +503,6 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         case .discardingBody(let status, let message):
             phase = .idle
             respondPlain(status: status, message: message, close: !head.keepAlive, context: context)
-            count(status: status, bytes: message.utf8.count + 1, app: nil)
             requestFinished(context: context)
         default:
             break
@@ -888,14 +887,15 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func reject(status: Int, message: String, context: ChannelHandlerContext) {
         respondPlain(status: status, message: message, close: true, context: context)
         if let log = worker.accessLog { logAccess(log, status: status, bytes: message.utf8.count + 1, id: "-") }
-        count(status: status, bytes: message.utf8.count + 1, app: nil)
         phase = .closing
         pending = nil
         flush(context: context)
         context.close(promise: nil)
     }
 
+    /// srv's own answer; counted for --metrics-bind under srv's slot.
     private func respondPlain(status: Int, message: String, close: Bool, context: ChannelHandlerContext) {
+        count(status: status, bytes: message.utf8.count + 1, app: nil)
         out.append(string: "HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\nServer: srv\r\n")
         worker.dateCache.write(into: &out)
         let body = message + "\n"
