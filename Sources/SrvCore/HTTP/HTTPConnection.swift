@@ -83,7 +83,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private var requests = 0
     private var closeAfterResponse = false
     /// When a request last began or ended (CoarseClock): the idle timer's reference.
-    private var lastActivity = CoarseClock.now()
+    private var lastActivity: UInt64
     /// The idle timer last saw response bytes in the kernel's send queue: the queue drained
     /// at some moment since, so the keep-alive period starts over when it is seen empty.
     private var kernelQueueSeen = false
@@ -102,6 +102,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     init(worker: WorkerServer, channel: Channel) {
         self.worker = worker
         self.channel = channel
+        self.lastActivity = worker.clock.now()
         c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
         // Any HTTP/1.x version reaches startRequest, which serves a higher minor as 1.1
         // (RFC 9110 2.5) and answers another major with 505.
@@ -331,7 +332,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func messageBegin() -> Int32 {
         head.reset()
         if refusal != nil { refusal = nil }
-        lastActivity = CoarseClock.now()
+        lastActivity = worker.clock.now()
         if worker.accessLog != nil { clock_gettime(CLOCK_REALTIME, &requestStart) }
         if worker.metricsPage != nil { requestStartNanos = Instant.now().nanoseconds }
         return 0
@@ -422,7 +423,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
 
     private func bodyData(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         // A body that keeps arriving is not idle (--body-timeout times the pauses).
-        lastActivity = CoarseClock.now()
+        lastActivity = worker.clock.now()
         guard case .readingBody = phase, let slot = slot else { return 0 }
         let limit = worker.limits.body
         if slot.requestBody.length + n > limit {
@@ -809,7 +810,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             worker.requestCompleted()
         }
         iterating = false
-        lastActivity = CoarseClock.now()
+        lastActivity = worker.clock.now()
         if !keepAlive || closeAfterResponse || worker.isShuttingDown {
             phase = .closing
             pending = nil
@@ -960,7 +961,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         done.futureResult.whenComplete { _ in
             self.nioWrites -= 1
             // Idle time counts from the moment the last byte left.
-            if self.nioWrites == 0 { self.lastActivity = CoarseClock.now() }
+            if self.nioWrites == 0 { self.lastActivity = self.worker.clock.now() }
         }
         context.write(wrapOutboundOut(data), promise: done)
     }
@@ -1018,14 +1019,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 continue
             }
             guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR else { return false }
-            let now = CoarseClock.now()
+            let now = worker.clock.now()
             if let since = waitedSince, now &- since > patience { return false }
             if waitedSince == nil { waitedSince = now }
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             _ = poll(&pfd, 1, 1000)
             worker.scoreboardPage?.heartbeat()
         }
-        lastActivity = CoarseClock.now()
+        lastActivity = worker.clock.now()
         return true
     }
 
@@ -1039,7 +1040,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
         idleTimer = context.eventLoop.scheduleTask(in: delay ?? limit) {
             guard let context = self.context else { return }
-            let idleFor = TimeAmount.nanoseconds(Int64(CoarseClock.now() &- self.lastActivity))
+            let idleFor = TimeAmount.nanoseconds(Int64(self.worker.clock.now() &- self.lastActivity))
             let allowed: TimeAmount
             switch self.phase {
             case .idle where self.nioWrites == 0:
@@ -1060,7 +1061,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                     // Drained since the last look, perhaps a moment ago: a client that
                     // read the last byte just now gets its whole --keep-alive.
                     self.kernelQueueSeen = false
-                    self.lastActivity = CoarseClock.now()
+                    self.lastActivity = self.worker.clock.now()
                     self.armIdleTimer(context: context)
                     return
                 }
@@ -1098,7 +1099,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// none of them for --send-timeout. Sampled by the idle timer.
     private func sendStalled(context: ChannelHandlerContext) -> Bool {
         guard let fd = directSocket(context, now: true) else { return false }
-        let now = CoarseClock.now()
+        let now = worker.clock.now()
         let waiting = nioWrites > 0 || srv_sys_unsent_bytes(fd) > 0
         let progress = srv_sys_send_progress(fd)
         guard waiting, let last = sendProgress, last.value == progress else {
@@ -1115,7 +1116,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         let patience = Int64(worker.settings.sendTimeout * 1e9)
         var delay = min(limit, .nanoseconds(patience / 2))
         if let last = sendProgress {
-            let left = patience - Int64(CoarseClock.now() &- last.since)
+            let left = patience - Int64(worker.clock.now() &- last.since)
             delay = min(delay, .nanoseconds(max(left, 0) + 10_000_000))  // the clock is coarse (a few ms)
         }
         return delay

@@ -23,7 +23,9 @@ public final class WorkerServer {
     let dateCache: DateCache
     let gateway: GatewayContext
     let threadPool: NIOThreadPool?
-    public let group: MultiThreadedEventLoopGroup
+    /// The idle, body and send timeouts' clock.
+    let clock: ConnectionClock
+    public let group: EventLoopGroup
     private var serverChannels: [Channel] = []
     private var listenerFDs: [Int32] = []
     private var freeSlots: [RequestSlot] = []
@@ -38,8 +40,18 @@ public final class WorkerServer {
     private let drained: EventLoopPromise<Void>
     private var isDrained = false
 
-    public init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
-                accessLog: AccessLog?, generation: Int, multiprocess: Bool) {
+    /// - Parameters:
+    ///   - eventLoopGroup: where connections are served; nil: a new one-thread group (a
+    ///     worker process). The unit tests pass an EmbeddedEventLoop, with `clock` its clock.
+    public convenience init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
+                            accessLog: AccessLog?, generation: Int, multiprocess: Bool) {
+        self.init(settings: settings, apps: apps, logger: logger, scoreboard: scoreboard, accessLog: accessLog,
+                  generation: generation, multiprocess: multiprocess, eventLoopGroup: nil, clock: .coarse)
+    }
+
+    init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
+         accessLog: AccessLog?, generation: Int, multiprocess: Bool, eventLoopGroup: EventLoopGroup?,
+         clock: ConnectionClock) {
         self.settings = settings
         self.limits = Limits(line: settings.limitRequestLine, fields: settings.limitRequestFields,
                              fieldSize: settings.limitRequestFieldSize, body: settings.limitRequestBody)
@@ -49,7 +61,8 @@ public final class WorkerServer {
         self.scoreboardPage = scoreboard?.page
         self.metricsPage = settings.metricsBind != nil ? scoreboard?.page : nil
         self.accessLog = accessLog
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.group = eventLoopGroup ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.clock = clock
         self.dateCache = DateCache(threadSafe: settings.threads > 0)
         self.drained = group.next().makePromise(of: Void.self)
         if settings.threads > 0 {

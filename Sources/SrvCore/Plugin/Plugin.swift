@@ -23,7 +23,7 @@ public final class Plugin {
     ///   - file: the file to `dlopen`.
     ///   - displayPath: the path named in error messages (the user's file, not the snapshot).
     ///   - snapshot: the snapshot `file` is, when it is one.
-    public init(file: String, displayPath: String? = nil, snapshot: Snapshot? = nil) throws {
+    public convenience init(file: String, displayPath: String? = nil, snapshot: Snapshot? = nil) throws {
         let shown = displayPath ?? file
         try ELFCheck.validate(path: file, display: shown)
         _ = dlerror()
@@ -54,16 +54,22 @@ public final class Plugin {
                 throw PluginError.swiftToolchainMismatch(path: shown, found: found, expected: expected)
             }
         }
-        let d = symbol.assumingMemoryBound(to: srv_descriptor.self)
-        self.path = shown
+        self.init(descriptor: UnsafePointer(symbol.assumingMemoryBound(to: srv_descriptor.self)),
+                  app: unsafeBitCast(entry, to: srv_app_fn.self), path: shown, snapshot: snapshot)
+    }
+
+    /// An application already in this process (validated, or compiled in): its descriptor
+    /// and entry point. The unit tests bind a function of theirs this way, without dlopen.
+    init(descriptor: UnsafePointer<srv_descriptor>, app: @escaping srv_app_fn, path: String, snapshot: Snapshot? = nil) {
+        self.path = path
         self.snapshot = snapshot
-        self.descriptor = UnsafePointer(d)
-        self.app = unsafeBitCast(entry, to: srv_app_fn.self)
-        self.name = d.pointee.name.map { String(cString: $0) } ?? (shown.split(separator: "/").last.map(String.init) ?? shown)
-        self.version = d.pointee.version.map { String(cString: $0) } ?? ""
-        self.abiMajor = major
-        self.abiMinor = minor
-        self.threadSafe = d.pointee.flags & SRV_FLAG_THREAD_SAFE != 0
+        self.descriptor = descriptor
+        self.app = app
+        self.name = descriptor.pointee.name.map { String(cString: $0) } ?? (path.split(separator: "/").last.map(String.init) ?? path)
+        self.version = descriptor.pointee.version.map { String(cString: $0) } ?? ""
+        self.abiMajor = Int(descriptor.pointee.abi_major)
+        self.abiMinor = Int(descriptor.pointee.abi_minor)
+        self.threadSafe = descriptor.pointee.flags & SRV_FLAG_THREAD_SAFE != 0
     }
 
     /// Runs the plugin's load hook, if it has one.

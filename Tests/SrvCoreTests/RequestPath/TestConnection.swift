@@ -1,0 +1,181 @@
+import Glibc
+import Logging
+import NIOCore
+import NIOEmbedded
+import XCTest
+@testable import SrvCore
+
+/// One client connection to a worker's HTTP side, in process: the worker's own
+/// `HTTPConnection` on an `EmbeddedChannel`, in front of `TestApp`. What the test sends is
+/// what a client's socket would deliver; `output()` is every byte the connection wrote, as
+/// the client would read it (file bodies included). Time moves only when the test says so
+/// (`advance`): the event loop's clock is the connection's clock.
+final class TestConnection {
+    let loop = EmbeddedEventLoop()
+    let channel: EmbeddedChannel
+    let worker: WorkerServer
+    /// Everything written so far and not yet returned by `output()`.
+    private var written: [UInt8] = []
+
+    init(settings: Settings = Settings(), mount: String = "", plugin: Plugin = TestApp.plugin(),
+         local: SocketAddress? = nil, remote: SocketAddress? = nil) throws {
+        var logger = Logger(label: "srv.test")
+        logger.logLevel = .critical
+        worker = WorkerServer(settings: settings, apps: [MountedApp(mount: mount, plugin: plugin)], logger: logger,
+                              scoreboard: nil, accessLog: nil, generation: 1, multiprocess: false,
+                              eventLoopGroup: loop, clock: .of(loop))
+        channel = EmbeddedChannel(loop: loop)
+        channel.localAddress = try local ?? SocketAddress(ipAddress: "127.0.0.1", port: 8000)
+        channel.remoteAddress = try remote ?? SocketAddress(ipAddress: "127.0.0.1", port: 40000)
+        try channel.setOption(ChannelOptions.allowRemoteHalfClosure, value: true).wait()
+        try channel.connect(to: channel.remoteAddress!).wait()
+        try channel.pipeline.syncOperations.addHandler(FileRegionReader())
+        try channel.pipeline.syncOperations.addHandler(HTTPConnection(worker: worker, channel: channel))
+    }
+
+    deinit {
+        _ = try? channel.finish(acceptAlreadyClosed: true)
+        worker.shutdownGracefully(timeout: 0)
+        loop.advanceTime(by: .seconds(1))
+        worker.waitUntilStopped()
+    }
+
+    /// Delivers `text` as one read from the socket.
+    func send(_ text: String) {
+        send(Array(text.utf8))
+    }
+
+    func send(_ bytes: [UInt8]) {
+        guard channel.isActive else { return }
+        XCTAssertNoThrow(try channel.writeInbound(channel.allocator.buffer(bytes: bytes)))
+    }
+
+    /// The client shut down its sending side (`shutdown(SHUT_WR)`).
+    func halfClose() {
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+    }
+
+    /// Moves the event loop's clock (timers fire).
+    func advance(seconds: Double) {
+        loop.advanceTime(by: .nanoseconds(Int64(seconds * 1e9)))
+    }
+
+    var isOpen: Bool { channel.isActive }
+
+    /// The bytes written since the last call, as text.
+    func output() -> String {
+        String(decoding: outputBytes(), as: UTF8.self)
+    }
+
+    func outputBytes() -> [UInt8] {
+        loop.run()
+        while let data = try? channel.readOutbound(as: IOData.self) {
+            switch data {
+            case .byteBuffer(let b): written += b.readableBytesView
+            case .fileRegion: XCTFail("a file region passed FileRegionReader")
+            }
+        }
+        defer { written = [] }
+        return written
+    }
+
+    /// The responses written since the last call, parsed as a client would.
+    func responses(forHEAD: Bool = false) -> [TestResponse] {
+        TestResponse.parse(outputBytes(), headRequests: forHEAD)
+    }
+}
+
+/// Reads a file body when it is written, as sendfile would (the connection closes its copy
+/// of the descriptor once the write completes, which on an EmbeddedChannel is at the flush).
+private final class FileRegionReader: ChannelOutboundHandler {
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .fileRegion(let region) = unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: region.readableBytes)
+        try? region.fileHandle.withUnsafeFileDescriptor { fd in
+            var bytes = [UInt8](repeating: 0, count: region.readableBytes)
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(region.readerIndex)) }
+            buffer.writeBytes(bytes[0..<max(n, 0)])
+        }
+        context.write(wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+    }
+}
+
+/// One HTTP/1.1 response as a client reads it off the wire.
+struct TestResponse {
+    var status: Int
+    var reason: String
+    var headers: [(String, String)]
+    var body: String
+    /// The body came in chunked transfer coding.
+    var chunked = false
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+
+    /// Splits `bytes` into responses, framed as RFC 9112 6.3 says (a HEAD response, and 1xx,
+    /// 204 and 304, have no body; chunked; Content-Length; else up to the end). A trailing
+    /// incomplete response is returned with what arrived of it.
+    static func parse(_ bytes: [UInt8], headRequests: Bool = false) -> [TestResponse] {
+        var responses: [TestResponse] = []
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            guard let end = find(rest, "\r\n\r\n") else { break }
+            let head = String(decoding: rest[rest.startIndex..<end], as: UTF8.self)
+            rest = rest[(end + 4)...]
+            var lines = head.components(separatedBy: "\r\n")
+            let statusLine = lines.removeFirst()
+            let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+            var r = TestResponse(status: Int(parts.count > 1 ? parts[1] : "") ?? -1,
+                                 reason: parts.count > 2 ? String(parts[2]) : "", headers: [], body: "")
+            for line in lines {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                r.headers.append((String(line[..<colon]),
+                                  line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+            }
+            if (100..<200).contains(r.status) || r.status == 204 || r.status == 304 || headRequests {
+                // no body
+            } else if r.header("transfer-encoding")?.lowercased() == "chunked" {
+                r.chunked = true
+                var body: [UInt8] = []
+                while let lineEnd = find(rest, "\r\n") {
+                    let sizeText = String(decoding: rest[rest.startIndex..<lineEnd], as: UTF8.self)
+                    let size = Int(sizeText.split(separator: ";")[0], radix: 16) ?? 0
+                    rest = rest[(lineEnd + 2)...]
+                    if size == 0 {
+                        if let trailerEnd = find(rest, "\r\n") { rest = rest[(trailerEnd + 2)...] }
+                        break
+                    }
+                    body += rest.prefix(size)
+                    rest = rest.dropFirst(size + 2)
+                }
+                r.body = String(decoding: body, as: UTF8.self)
+            } else if let length = r.header("content-length").flatMap({ Int($0) }) {
+                r.body = String(decoding: rest.prefix(length), as: UTF8.self)
+                rest = rest.dropFirst(length)
+            } else {
+                r.body = String(decoding: rest, as: UTF8.self)
+                rest = rest[rest.endIndex...]
+            }
+            responses.append(r)
+        }
+        return responses
+    }
+
+    private static func find(_ bytes: ArraySlice<UInt8>, _ needle: String) -> Int? {
+        let n = Array(needle.utf8)
+        guard bytes.count >= n.count else { return nil }
+        var i = bytes.startIndex
+        while i + n.count <= bytes.endIndex {
+            if bytes[i] == n[0] && Array(bytes[i..<(i + n.count)]) == n { return i }
+            i += 1
+        }
+        return nil
+    }
+}
