@@ -5,10 +5,9 @@ import NIOPosix
 import XCTest
 @testable import SrvCore
 
-/// srv sends complete responses straight to the socket, whose descriptor it reads from
-/// NIO's internal socket object (NIO has no public accessor). If a NIO release renames those
-/// fields, srv still works but every response takes NIO's slower write path: this test is
-/// what notices.
+/// srv sends complete responses straight to the socket, whose descriptor NIO hands out
+/// through `withUnsafeTransportIfAvailable`. If a NIO release stops exposing it, srv still
+/// works but every response takes NIO's slower write path: this test is what notices.
 final class ChannelSocketTests: XCTestCase {
     private final class Capture: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = ByteBuffer

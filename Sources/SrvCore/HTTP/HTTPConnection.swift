@@ -72,7 +72,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// Responses waiting for the next flush (the end of the read that asked for them, or
     /// the end of an asynchronous response): pipelined answers leave in one send.
     private var out = OutBuffer(capacity: 2048)
-    /// The socket's descriptor for direct sends (see ChannelSocket).
+    /// Responses may go straight to the socket: no outbound handler sits in front of this
+    /// one (WorkerServer.addConnectionHandlers), so a direct send skips none.
+    let directWrites: Bool
+    /// The socket's descriptor, for direct sends and the kernel's send queue (ChannelSocket).
     private enum DirectSocket { case notLookedUp, found(CInt), unavailable }
     private var socketState = DirectSocket.notLookedUp
     /// Writes handed to NIO and not yet complete. While there are any, flushes go through
@@ -99,9 +102,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// cleared when the channel goes inactive.
     private var context: ChannelHandlerContext?
 
-    init(worker: WorkerServer, channel: Channel) {
+    init(worker: WorkerServer, channel: Channel, directWrites: Bool) {
         self.worker = worker
         self.channel = channel
+        self.directWrites = directWrites
         self.lastActivity = worker.clock.now()
         c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
         // Any HTTP/1.x version reaches startRequest, which serves a higher minor as 1.1
@@ -867,7 +871,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     @inline(__always)
     private func count(status: Int, bytes: Int, app: MountedApp?) {
         guard let page = worker.metricsPage else { return }
-        page.recordRequest(slot: app?.metricsSlot ?? 0, method: head.isComplete ? head.method : .max, status: status,
+        page.recordRequest(slot: app?.metricsSlot ?? 0, method: head.metricsMethod, status: status,
                            bytes: head.isComplete && head.isHEAD ? 0 : bytes, nanoseconds: Instant.now().nanoseconds &- requestStartNanos)
     }
 
@@ -935,7 +939,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         // NIO closes the descriptor and turns isActive false in one step of the event loop
         // (close0 calls out to no handler in between), so while isActive is true here the
         // descriptor is still this connection's, never a number reused by another one.
-        if nioWrites == 0, let fd = directSocket(context), channel.isActive {
+        if nioWrites == 0, directWrites, let fd = directSocket(context), channel.isActive {
             let n = Glibc.send(fd, bytes, count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
             if n == count { return }
             sent = max(n, 0)
@@ -966,9 +970,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         context.write(wrapOutboundOut(data), promise: done)
     }
 
-    /// The descriptor for direct sends, looked up at a connection's second request, so
-    /// that one used once (Connection: close, a client that leaves) never pays for it
-    /// (`now`: at once, for a large inline write).
+    /// The socket's descriptor, looked up at a connection's second request, so that one
+    /// used once (Connection: close, a client that leaves) never pays for it (`now`: at
+    /// once, for a large inline write or the idle timer).
     private func directSocket(_ context: ChannelHandlerContext, now: Bool = false) -> CInt? {
         switch socketState {
         case .found(let fd): return fd
@@ -995,9 +999,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// through NIO instead: a direct send must not overtake them.
     func sendNow(_ bytes: UnsafeRawPointer, _ count: Int) -> Bool {
         guard let context = context, channel.isActive else { return false }
-        guard nioWrites == 0, let fd = directSocket(context, now: true) else {
+        guard nioWrites == 0, directWrites, let fd = directSocket(context, now: true) else {
             flush(context: context)
-            transmit(bytes, count, context: context)  // behind NIO's writes
+            transmit(bytes, count, context: context)  // behind NIO's writes, or through its handlers
             return true
         }
         if out.count > 0 {

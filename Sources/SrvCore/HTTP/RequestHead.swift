@@ -170,6 +170,22 @@ final class RequestHead {
     }
 
     var isHEAD: Bool { method == UInt8(HTTP_HEAD.rawValue) }
+
+    /// The method's index in `RequestMetrics.methods` (`otherMethod` before the head is
+    /// complete): the master's metrics know names, not llhttp's numbers.
+    var metricsMethod: Int {
+        guard isComplete else { return RequestMetrics.otherMethod }
+        switch UInt32(method) {
+        case HTTP_GET.rawValue: return 0
+        case HTTP_HEAD.rawValue: return 1
+        case HTTP_POST.rawValue: return 2
+        case HTTP_PUT.rawValue: return 3
+        case HTTP_DELETE.rawValue: return 4
+        case HTTP_PATCH.rawValue: return 5
+        case HTTP_OPTIONS.rawValue: return 6
+        default: return RequestMetrics.otherMethod
+        }
+    }
     /// The method's name: a static string of llhttp's.
     private(set) var methodName = UnsafeRawBufferPointer(start: nil, count: 0)
 

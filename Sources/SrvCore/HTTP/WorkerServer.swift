@@ -128,12 +128,21 @@ public final class WorkerServer {
                 // tools, `nc -N`): it still gets every answer (see HTTPConnection).
                 try options.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             }
-            let sync = channel.pipeline.syncOperations
-            if self.settings.proxyProtocol {
-                try sync.addHandler(ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger))
-            }
-            try sync.addHandler(HTTPConnection(worker: self, channel: channel))
+            let front: [ChannelHandler] = self.settings.proxyProtocol
+                ? [ProxyProtocolDecoder(allowed: self.settings.proxyAllowFrom, logger: self.logger)] : []
+            try self.addConnectionHandlers(front, to: channel)
         }
+    }
+
+    /// Adds a client connection's handlers: `front` (the PROXY protocol decoder; TLS or
+    /// compression, should srv ever add them), then the HTTPConnection. A handler in front
+    /// that sees outbound data turns the connection's direct sends off: bytes sent straight
+    /// to the socket would skip it. Nothing may be added in front of HTTPConnection later.
+    func addConnectionHandlers(_ front: [ChannelHandler], to channel: Channel) throws {
+        let sync = channel.pipeline.syncOperations
+        for handler in front { try sync.addHandler(handler) }
+        let directWrites = !front.contains { $0 is any ChannelOutboundHandler }
+        try sync.addHandler(HTTPConnection(worker: self, channel: channel, directWrites: directWrites))
     }
 
     /// Accepts every connection waiting in the listen queues and serves each (with

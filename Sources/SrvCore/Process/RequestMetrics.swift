@@ -1,4 +1,3 @@
-import CNIOLLHTTP
 import Glibc
 
 /// The request counters a worker keeps in its scoreboard for `--metrics-bind`, and the
@@ -29,20 +28,9 @@ public enum RequestMetrics {
     public static let slots = 64
     static let bytes = slots * slotWords * 8
 
-    /// The method's index in `methods`, from llhttp's method number.
-    @inline(__always)
-    static func methodIndex(_ llhttpMethod: UInt8) -> Int {
-        switch UInt32(llhttpMethod) {
-        case HTTP_GET.rawValue: return 0
-        case HTTP_HEAD.rawValue: return 1
-        case HTTP_POST.rawValue: return 2
-        case HTTP_PUT.rawValue: return 3
-        case HTTP_DELETE.rawValue: return 4
-        case HTTP_PATCH.rawValue: return 5
-        case HTTP_OPTIONS.rawValue: return 6
-        default: return 7
-        }
-    }
+    /// The index in `methods` of every other method, and of a request whose head never
+    /// completed (the HTTP side maps its parser's methods: RequestHead.metricsMethod).
+    public static let otherMethod = methods.count - 1
 
     /// What one application slot counted (of one worker, or summed).
     public struct Counters: Equatable {
@@ -73,10 +61,11 @@ extension ScoreboardPage {
 
     /// Counts a response (event-loop thread only: plain stores, no lock).
     @inline(__always)
-    public func recordRequest(slot: Int, method: UInt8, status: Int, bytes: Int, nanoseconds: UInt64) {
+    /// - Parameter method: the method's index in `RequestMetrics.methods`.
+    public func recordRequest(slot: Int, method: Int, status: Int, bytes: Int, nanoseconds: UInt64) {
         let s = metricsBase + min(slot, RequestMetrics.slots - 1) * RequestMetrics.slotWords
         let statusClass = min(max(status / 100, 1), 5) - 1
-        s[RequestMetrics.requestsOffset + RequestMetrics.methodIndex(method) * RequestMetrics.statusClasses.count + statusClass] &+= 1
+        s[RequestMetrics.requestsOffset + method * RequestMetrics.statusClasses.count + statusClass] &+= 1
         s[RequestMetrics.bytesOffset] &+= UInt64(max(bytes, 0))
         var bucket = 0
         while bucket < RequestMetrics.bucketNanos.count, nanoseconds > RequestMetrics.bucketNanos[bucket] { bucket += 1 }

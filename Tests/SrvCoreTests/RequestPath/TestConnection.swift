@@ -29,8 +29,7 @@ final class TestConnection {
         channel.remoteAddress = try remote ?? SocketAddress(ipAddress: "127.0.0.1", port: 40000)
         try channel.setOption(ChannelOptions.allowRemoteHalfClosure, value: true).wait()
         try channel.connect(to: channel.remoteAddress!).wait()
-        try channel.pipeline.syncOperations.addHandler(FileRegionReader())
-        try channel.pipeline.syncOperations.addHandler(HTTPConnection(worker: worker, channel: channel))
+        try worker.addConnectionHandlers([FileRegionReader()], to: channel)
     }
 
     deinit {
