@@ -4,49 +4,79 @@ import Glibc
 import SrvCore
 
 /// srv: an application server for web applications compiled as shared objects.
-/// `srv [serving flags]` serves (the default subcommand, `serve`); `srv check` and
-/// `srv status` are tools beside it. `srv --help` shows the serving flags (see the end).
+/// `srv [serving flags]` serves (`srv serve` is the same); `srv check` and `srv status` are
+/// tools beside it, parsed by ArgumentParser. The serving flags are srv's settings, each
+/// declared once in `Setting.all`, which parses them and writes their help.
 struct Srv: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "srv",
-        abstract: "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor)).",
+        abstract: overview,
         version: GatewayABI.versionText,
-        subcommands: [Serve.self, Check.self, Status.self, WorkerCommand.self],
-        defaultSubcommand: Serve.self)
+        subcommands: [Check.self, Status.self, WorkerCommand.self])
 }
 
-struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor)).",
-        usage: """
-            srv --app FILE.so [-b ADDRESS] [-w N] [options]
-            srv --apps-dir DIR [options]
-            srv check PATH.so ...             validate plugins without serving (srv check --help)
-            srv status [--pid FILE | PID]     a running master's generation, apps and workers
-            """,
-        discussion: """
-            Examples:
-              srv --app ./libblog.so -b 127.0.0.1:8000 -w 4 --pid srv.pid
-              srv --apps-dir ./apps --reload
-              kill -HUP $(cat srv.pid)      # reload with zero dropped requests
-              srv check ./libblog.so        # validate a plugin without serving
-              srv status --pid srv.pid      # generation, applications, workers
+let overview = "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor))."
+let usage = """
+    USAGE: srv --app FILE.so [-b ADDRESS] [-w N] [options]
+           srv --apps-dir DIR [options]
+           srv check PATH.so ...             validate plugins without serving (srv check --help)
+           srv status [--pid FILE | PID]     a running master's generation, apps and workers
+    """
 
-            Flags win over SRV_CMD_ARGS, which wins over the config file (-c). Gunicorn's
-            underscore spellings of the flags (--limit-request-field_size) are accepted.
-            Exit status: 0 stopped cleanly, 1 could not serve, 64 bad flags or configuration.
-            """)
+/// `srv --help`: what an operator looks for is the serving flags.
+func serveHelp() -> String {
+    """
+    OVERVIEW: \(overview)
 
-    @OptionGroup var options: ServeOptions
-    @Flag(name: .customLong("check-config"), help: "Validate the configuration and every application (as `srv check` does), then exit.")
-    var checkConfig = false
+    Examples:
+      srv --app ./libblog.so -b 127.0.0.1:8000 -w 4 --pid srv.pid
+      srv --apps-dir ./apps --reload
+      kill -HUP $(cat srv.pid)      # reload with zero dropped requests
+      srv check ./libblog.so        # validate a plugin without serving
+      srv status --pid srv.pid      # generation, applications, workers
 
-    func run() throws { try serve(options, checkConfig: checkConfig) }
+    Flags win over SRV_CMD_ARGS, which wins over the config file (-c), whose names are the
+    long flags' (workers = 4). Gunicorn's underscore spellings of the flags
+    (--limit-request-field_size) are accepted.
+    Exit status: 0 stopped cleanly, 1 could not serve, 64 bad flags or configuration.
+
+    \(usage)
+
+    OPTIONS:
+    \(SettingSources.optionsHelp())
+    """
 }
 
-func serve(_ options: ServeOptions, checkConfig: Bool) throws {
-    let env = ProcessInfo.processInfo.environment
-    let settings = try resolveSettings(commandLine: options, environment: env)
+/// A bad flag or setting: said once, then how to get help; exit status 64 (EX_USAGE).
+func usageError(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("Error: \(message)\nUsage: srv --app FILE.so [-b ADDRESS] [-w N] [options]\n  See 'srv --help' for more information.\n".utf8))
+    exit(64)
+}
+
+/// Serving: the command line is srv's settings plus --check-config, --help and --version.
+func runServe(_ arguments: [String]) -> Never {
+    var command = SettingSources.CommandFlags()
+    let flags: [SettingSources.Value]
+    do { flags = try SettingSources.parseFlags(arguments, command: &command) } catch { usageError("\(error)") }
+    if command.help { print(serveHelp()); exit(0) }
+    if command.version { print(GatewayABI.versionText); exit(0) }
+    do {
+        try serve(flags, checkConfig: command.checkConfig)
+        exit(0)
+    } catch let e as ExitCode {
+        exit(e.rawValue)
+    } catch let e as SettingSources.Problem {
+        usageError(e.description)
+    } catch let e as ValidationError {
+        usageError(e.message)
+    } catch {
+        FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+        exit(1)
+    }
+}
+
+func serve(_ flags: [SettingSources.Value], checkConfig: Bool) throws {
+    let settings = try SettingSources.resolve(flags: flags, environment: ProcessInfo.processInfo.environment)
     if checkConfig {
         let binds = settings.effectiveBinds.map { text -> String in
             guard case .success(let a) = BindAddress.parse(text) else { return text }
@@ -76,7 +106,7 @@ func serve(_ options: ServeOptions, checkConfig: Bool) throws {
         throw ValidationError("chdir \(dir): \(String(cString: strerror(errno)))")
     }
     let source = ConfigurationSource {
-        try resolveSettings(commandLine: options, environment: ProcessInfo.processInfo.environment)
+        try SettingSources.resolve(flags: flags, environment: ProcessInfo.processInfo.environment)
     }
     let arbiter = Arbiter(configuration: source, settings: settings)
     throw ExitCode(arbiter.run())
@@ -182,9 +212,6 @@ enum FileManagerShim {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
-    static func absolute(_ path: String, from base: String? = nil) -> String {
-        path.hasPrefix("/") ? path : (base ?? FileManager.default.currentDirectoryPath) + "/" + path
-    }
 }
 
 /// A private directory for one command's scratch files (mkdtemp), removed with its contents.
@@ -198,17 +225,14 @@ struct TemporaryDirectory {
     func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-extension ServeOptions {
-    static func message(for error: Error) -> String {
-        fullMessage(for: error).replacingOccurrences(of: "\n", with: " ")
-    }
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "check", "status", "worker":
+    Srv.main(arguments)
+case "serve":
+    runServe(Array(arguments.dropFirst()))
+case "help" where arguments.count == 1:
+    print(serveHelp())
+default:
+    runServe(arguments)
 }
-
-let arguments = ServeOptions.normalizingUnderscores(Array(CommandLine.arguments.dropFirst()))
-// `srv --help` is the help of serving, the default subcommand: its flags are what an
-// operator looks for (ArgumentParser would show only the list of subcommands).
-if arguments.count == 1, ["--help", "-h", "help"].contains(arguments[0]) {
-    print(Srv.helpMessage(for: Serve.self))
-    exit(0)
-}
-Srv.main(arguments)

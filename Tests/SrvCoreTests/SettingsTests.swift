@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import SrvCore
 
@@ -52,42 +53,65 @@ final class SettingsTests: XCTestCase {
 }
 
 final class ConfigFileTests: XCTestCase {
-    let names: Set<String> = ["workers", "bind", "app", "reload", "keep-alive", "access-logformat"]
+    private func settings(file text: String, flags: [String] = []) throws -> Settings {
+        let path = NSTemporaryDirectory() + "srv-conf-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        defer { unlink(path) }
+        var command = SettingSources.CommandFlags()
+        let values = try SettingSources.parseFlags(["-c", path] + flags, command: &command)
+        return try SettingSources.resolve(flags: values, environment: [:])
+    }
 
-    func testLinesBecomeFlags() throws {
-        let text = """
+    func testLinesAreReadAsTheirFlags() throws {
+        let s = try settings(file: """
             # a comment
             workers = 4
             bind = 127.0.0.1:8000
             bind = unix:/tmp/s.sock   # trailing comment
             keep_alive = 5
-            app = "./libblog.so"
+            app = "/srv/libblog.so"
             reload = true
             access-logformat = "%(h)s %(r)s"
-            """
-        let args = try ConfigFile.arguments(from: text, path: "srv.conf", knownNames: names)
-        XCTAssertEqual(args, ["--workers", "4", "--bind", "127.0.0.1:8000", "--bind", "unix:/tmp/s.sock",
-                              "--keep-alive", "5", "--app", "./libblog.so", "--reload",
-                              "--access-logformat", "%(h)s %(r)s"])
+            """)
+        XCTAssertEqual(s.workers, 4)
+        XCTAssertEqual(s.binds, ["127.0.0.1:8000", "unix:/tmp/s.sock"])
+        XCTAssertEqual(s.keepAlive, 5)
+        XCTAssertEqual(s.mounts, [.init(prefix: "", path: "/srv/libblog.so")])
+        XCTAssertTrue(s.reload)
+        XCTAssertEqual(s.accessLogFormat, AccessLogFormat("%(h)s %(r)s"))
+    }
+
+    func testFlagsWinAndTheirListsReplaceTheFilesLists() throws {
+        let s = try settings(file: "app = /a.so\nworkers = 3\nbind = :9000\nenv = A=1\n",
+                             flags: ["-w", "2", "-b", "127.0.0.1:9001", "-e", "B=2"])
+        XCTAssertEqual(s.workers, 2)
+        XCTAssertEqual(s.binds, ["127.0.0.1:9001"])
+        XCTAssertEqual(s.environment, ["A=1", "B=2"], "-e adds to the file's variables")
     }
 
     func testUnknownSettingNamesFileAndLine() {
-        XCTAssertThrowsError(try ConfigFile.arguments(from: "workers = 2\nwokers = 3", path: "srv.conf", knownNames: names)) { e in
+        XCTAssertThrowsError(try ConfigFile.lines(from: "workers = 2\nwokers = 3", path: "srv.conf")) { e in
             let text = "\(e)"
             XCTAssertTrue(text.contains("srv.conf line 2"), text)
             XCTAssertTrue(text.contains("unknown setting \"wokers\""), text)
         }
     }
 
+    func testABadValueNamesItsLine() {
+        XCTAssertThrowsError(try settings(file: "app = /a.so\n\nworkers = many\n")) { e in
+            XCTAssertTrue("\(e)".contains("line 3: workers: expected an integer, found \"many\""), "\(e)")
+        }
+    }
+
     func testLineWithoutEqualsIsRefused() {
-        XCTAssertThrowsError(try ConfigFile.arguments(from: "workers 2", path: "c", knownNames: names)) { e in
+        XCTAssertThrowsError(try ConfigFile.lines(from: "workers 2", path: "c")) { e in
             XCTAssertTrue("\(e)".contains("expected `name = value`"), "\(e)")
         }
     }
 
-    func testSwitchNeedsABoolean() {
-        XCTAssertEqual(try ConfigFile.arguments(from: "reload = off", path: "c", knownNames: names), [])
-        XCTAssertThrowsError(try ConfigFile.arguments(from: "reload = maybe", path: "c", knownNames: names))
+    func testSwitchNeedsABoolean() throws {
+        XCTAssertFalse(try settings(file: "app = /a.so\nreload = off").reload)
+        XCTAssertThrowsError(try settings(file: "app = /a.so\nreload = maybe"))
     }
 
     func testShellWords() throws {

@@ -25,16 +25,16 @@ public struct AddressList: Codable, Equatable {
     }
 
     /// Parses a comma-separated list; throws for an entry that can never match.
-    public init(parsing text: String, setting: String = "forwarded-allow-ips") throws {
+    public init(parsing text: String) throws {
         let entries = text.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
-        try self.init(entries, setting: setting)
+        try self.init(entries)
     }
 
-    public init(_ entries: [String], setting: String = "forwarded-allow-ips") throws {
+    public init(_ entries: [String]) throws {
         self.entries = entries
         matchers = try entries.map { entry in
             guard let m = AddressList.matcher(entry) else {
-                throw ParseError(description: "\(setting): \"\(entry)\" can never match a peer; expected an IP address (10.0.0.7, ::1), a CIDR range (10.0.0.0/8, fd00::/8), unix (peers on a Unix socket) or * (every peer)")
+                throw ParseError(description: "\"\(entry)\" can never match a peer; expected an IP address (10.0.0.7, ::1), a CIDR range (10.0.0.0/8, fd00::/8), unix (peers on a Unix socket) or * (every peer)")
             }
             return m
         }

@@ -1,29 +1,20 @@
 /// The config file (`-c FILE`): one `name = value` per line, with the flags' long names
 /// (`workers = 4`, `bind = 127.0.0.1:8000`, `app = ./libblog.so`). A setting that takes
-/// several values is repeated. `#` starts a comment. It becomes flag arguments, so the
-/// file and the flags can never disagree on what a setting means.
+/// several values is repeated; a switch takes true or false. `#` starts a comment. Each
+/// name is a `Setting` of `Setting.all`, read exactly as its flag is.
 public enum ConfigFile {
     public struct ParseError: Error, CustomStringConvertible {
         public let description: String
     }
 
-    /// Names that are switches: `reload = true` becomes `--reload`, `false` omits it.
-    public static let switches: Set<String> = ["reload", "proxy-protocol", "reuse-port"]
-    /// Switches whose default is decided by srv: `false` becomes `--no-NAME`.
-    static let invertible: Set<String> = ["reuse-port"]
-
-    /// One setting of the file: its line number, its name and the flag arguments it becomes.
+    /// One setting of the file: its line number, the setting and its value as written.
     public struct Line {
         public let number: Int
-        public let name: String
-        public let arguments: [String]
+        public let setting: Setting
+        public let value: String
     }
 
-    public static func arguments(from text: String, path: String, knownNames: Set<String>) throws -> [String] {
-        try lines(from: text, path: path, knownNames: knownNames).flatMap { $0.arguments }
-    }
-
-    public static func lines(from text: String, path: String, knownNames: Set<String>) throws -> [Line] {
+    public static func lines(from text: String, path: String) throws -> [Line] {
         var result: [Line] = []
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             var line = Substring(raw)
@@ -38,21 +29,10 @@ public enum ConfigFile {
             if value.count >= 2, (value.hasPrefix("\"") && value.hasSuffix("\"")) || (value.hasPrefix("'") && value.hasSuffix("'")) {
                 value = String(value.dropFirst().dropLast())
             }
-            guard knownNames.contains(name) else {
+            guard let setting = Setting.named(name), setting.inConfigFile else {
                 throw ParseError(description: "\(path) line \(index + 1): unknown setting \"\(name)\"; expected one of the long flag names of `srv --help` (for example workers, bind, app)")
             }
-            var args: [String] = []
-            if switches.contains(name) {
-                switch value.lowercased() {
-                case "true", "yes", "on", "1": args.append("--\(name)")
-                case "false", "no", "off", "0": if invertible.contains(name) { args.append("--no-\(name)") }
-                default: throw ParseError(description: "\(path) line \(index + 1): \(name) expects true or false, found \"\(value)\"")
-                }
-            } else {
-                args.append("--\(name)")
-                args.append(value)
-            }
-            result.append(Line(number: index + 1, name: name, arguments: args))
+            result.append(Line(number: index + 1, setting: setting, value: value))
         }
         return result
     }

@@ -41,7 +41,7 @@ public struct Settings: Codable, Equatable {
     /// Loopback and Unix-socket peers: a proxy on the same machine (nginx) is trusted.
     public var forwardedAllowIPs = try! AddressList(["127.0.0.1", "::1", "unix"])
     public var proxyProtocol = false
-    public var proxyAllowFrom = try! AddressList(["127.0.0.1", "::1"], setting: "proxy-allow-from")
+    public var proxyAllowFrom = try! AddressList(["127.0.0.1", "::1"])
     public var accessLogFile: String?
     public var accessLogFormat = AccessLogFormat.combined
     public var errorLogFile = "-"
@@ -80,74 +80,14 @@ public struct Settings: Codable, Equatable {
     /// The binds to listen on (the default when none is given).
     public var effectiveBinds: [String] { binds.isEmpty ? [Settings.defaultBind] : binds }
 
-    /// Problems that make the settings unusable, each saying what was expected.
+    /// Problems that make the settings unusable, each saying what was expected: every
+    /// setting's own check (Setting.all), and that there is an application to serve.
     public func validate() -> [String] {
         var problems: [String] = []
         if mounts.isEmpty && appsDir == nil {
             problems.append("no application: expected --app PATH.so, --mount /PATH=FILE.so or --apps-dir DIR")
         }
-        if workers < 1 { problems.append("workers: expected at least 1, found \(workers)") }
-        if threads < 0 { problems.append("threads: expected 0 (inline) or more, found \(threads)") }
-        if keepAlive < 0 { problems.append("keep-alive: expected seconds >= 0, found \(keepAlive)") }
-        if bodyTimeout <= 0 { problems.append("body-timeout: expected seconds > 0, found \(bodyTimeout)") }
-        if sendTimeout <= 0 { problems.append("send-timeout: expected seconds > 0, found \(sendTimeout)") }
-        if limitRequestLine < 0 || limitRequestLine > 8190 {
-            problems.append("limit-request-line: expected 0 (unlimited) to 8190, found \(limitRequestLine)")
-        }
-        if limitRequestFields < 0 || limitRequestFields > 32768 {
-            problems.append("limit-request-fields: expected 0 to 32768, found \(limitRequestFields)")
-        }
-        if limitRequestFieldSize < 0 { problems.append("limit-request-field-size: expected >= 0, found \(limitRequestFieldSize)") }
-        if limitRequestBody < 0 { problems.append("limit-request-body: expected >= 0 bytes, found \(limitRequestBody)") }
-        if timeout <= 0 { problems.append("timeout: expected seconds > 0, found \(timeout)") }
-        if gracefulTimeout < 0 { problems.append("graceful-timeout: expected seconds >= 0, found \(gracefulTimeout)") }
-        if backlog < 1 { problems.append("backlog: expected at least 1, found \(backlog)") }
-        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
-            problems.append("log-level: expected one of debug, info, warning, error, critical, found \"\(logLevel)\"")
-        }
-        var prefixes = Set<String>()
-        for m in mounts {
-            if !prefixes.insert(m.prefix).inserted { problems.append("mount \(m.prefix.isEmpty ? "/" : m.prefix) is given twice") }
-        }
-        for b in effectiveBinds {
-            if case .failure(let e) = BindAddress.parse(b) { problems.append(e.description) }
-        }
-        if let m = metricsBind {
-            if case .failure(let e) = BindAddress.parse(m) {
-                problems.append("metrics-bind: \(e.description)")
-            } else if effectiveBinds.contains(m) {
-                problems.append("metrics-bind \(m): expected an address of its own, found one of the application's --bind addresses (metrics are never served to the application's clients)")
-            }
-        }
-        for pair in environment where !pair.contains("=") || pair.hasPrefix("=") {
-            problems.append("env \"\(pair)\": expected KEY=VALUE (for example -e BLOG_DATA_DIR=/var/lib/blog)")
-        }
-        if umask < 0 || umask > 0o777 {
-            problems.append("umask: expected an octal mode mask from 0 to 0o777 (for example 0o007), found \(String(umask, radix: 8))")
-        }
-        if let dir = chdir {
-            var st = stat()
-            if stat(dir, &st) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
-                problems.append("chdir \(dir): expected an existing directory, found \(stat(dir, &st) != 0 ? String(cString: strerror(errno)) : "a file")")
-            }
-        }
-        if let dir = appsDir {
-            var st = stat()
-            if stat(dir, &st) != 0 {
-                problems.append("apps-dir \(dir): \(String(cString: strerror(errno))); expected a directory of lib<name>.so files (create it, or fix the path)")
-            } else if (st.st_mode & S_IFMT) != S_IFDIR {
-                problems.append("apps-dir \(dir): expected a directory, found a file")
-            } else if access(dir, R_OK | X_OK) != 0 {
-                problems.append("apps-dir \(dir): cannot read it (\(String(cString: strerror(errno)))); check its permissions")
-            }
-        }
-        if let p = accessLogFile, p != "-" {
-            if let problem = Settings.appendable(p) { problems.append("access-logfile \(p): \(problem)") }
-        }
-        if errorLogFile != "-" {
-            if let problem = Settings.appendable(errorLogFile) { problems.append("error-logfile \(errorLogFile): \(problem)") }
-        }
-        return problems
+        return problems + Setting.problems(in: self)
     }
 
     /// Why a log file cannot be opened for appending (nil when it can), without creating it.

@@ -24,7 +24,7 @@ public final class GatewayContext {
     let requestIDPrefix = CString(RequestID.newPrefix())
 
     public init(logger: Logger, bodyMemoryLimit: Int, spoolDirectory: String, threads: Int,
-                multiprocess: Bool, generation: Int, dateCache: DateCache, sendTimeout: Double = 60) {
+                multiprocess: Bool, generation: Int, dateCache: DateCache, sendTimeout: Double) {
         self.sendTimeout = sendTimeout
         self.logger = logger
         self.bodyMemoryLimit = bodyMemoryLimit

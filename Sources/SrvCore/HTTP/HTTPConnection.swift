@@ -84,7 +84,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// The send progress the idle timer saw last, and since when (CoarseClock).
     private var sendProgress: (value: UInt64, since: UInt64)?
     private var requests = 0
-    private var closeAfterResponse = false
+    /// The connection closes after the response in progress (or the next one): an upgrade,
+    /// framing HTTP/1.0 cannot reuse, a graceful stop, or --keep-alive 0.
+    private var closeAfterResponse: Bool
     /// When a request last began or ended (CoarseClock): the idle timer's reference.
     private var lastActivity: UInt64
     /// The idle timer last saw response bytes in the kernel's send queue: the queue drained
@@ -107,6 +109,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         self.channel = channel
         self.directWrites = directWrites
         self.lastActivity = worker.clock.now()
+        self.closeAfterResponse = !worker.keepsAlive
         c_nio_llhttp_init(parser, HTTP_REQUEST, Self.parserSettings)
         // Any HTTP/1.x version reaches startRequest, which serves a higher minor as 1.1
         // (RFC 9110 2.5) and answers another major with 505.
@@ -1040,7 +1043,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// The timer runs every --keep-alive seconds, or sooner when that much idle time is
     /// nearly reached (`lastActivity` is coarse, so it may read a few ms short).
     private func armIdleTimer(context: ChannelHandlerContext, in delay: TimeAmount? = nil) {
-        let keepAlive = max(worker.settings.keepAlive, 0.001)
+        // Without keep-alive (--keep-alive 0) a connection serves one request, which may
+        // take as long to arrive as a body may pause (--body-timeout).
+        let keepAlive = worker.keepsAlive ? worker.settings.keepAlive : worker.settings.bodyTimeout
         let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
         idleTimer = context.eventLoop.scheduleTask(in: delay ?? limit) {
             guard let context = self.context else { return }

@@ -23,6 +23,8 @@ public final class WorkerServer {
     let dateCache: DateCache
     let gateway: GatewayContext
     let threadPool: NIOThreadPool?
+    /// --keep-alive is not 0: a connection may serve more than one request.
+    let keepsAlive: Bool
     /// The idle, body and send timeouts' clock.
     let clock: ConnectionClock
     public let group: EventLoopGroup
@@ -63,6 +65,7 @@ public final class WorkerServer {
         self.accessLog = accessLog
         self.group = eventLoopGroup ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.clock = clock
+        self.keepsAlive = settings.keepAlive > 0
         self.dateCache = DateCache(threadSafe: settings.threads > 0)
         self.drained = group.next().makePromise(of: Void.self)
         if settings.threads > 0 {

@@ -306,6 +306,38 @@ final class ExchangeTests: XCTestCase {
         XCTAssertFalse(c.isOpen)
     }
 
+    func testKeepAliveZeroMeansEveryResponseClosesItsConnection() throws {
+        let c = try connection { $0.keepAlive = 0 }
+        c.send("GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        let r = c.responses()
+        XCTAssertEqual(r.count, 1)
+        XCTAssertEqual(r.first?.header("Connection"), "close")
+        XCTAssertFalse(c.isOpen)
+        XCTAssertEqual(TestApp.calls, 1)
+    }
+
+    func testKeepAliveZeroStillWaitsForTheFirstRequest() throws {
+        let c = try connection { $0.keepAlive = 0; $0.bodyTimeout = 10 }
+        c.advance(seconds: 5)
+        XCTAssertTrue(c.isOpen, "a new connection's first request may take --body-timeout to arrive")
+        c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        XCTAssertEqual(c.responses().first?.status, 200)
+        let d = try connection { $0.keepAlive = 0; $0.bodyTimeout = 10 }
+        d.advance(seconds: 9.5)
+        XCTAssertTrue(d.isOpen)
+        d.advance(seconds: 1)
+        XCTAssertFalse(d.isOpen)
+    }
+
+    func testKeepAliveZeroClosesAfterSrvsOwnAnswersToo() throws {
+        let c = try connection({ $0.keepAlive = 0 }, mount: "/app")
+        c.send("GET /elsewhere HTTP/1.1\r\nHost: h\r\n\r\n")
+        let r = c.responses()
+        XCTAssertEqual(r.first?.status, 404)
+        XCTAssertEqual(r.first?.header("Connection"), "close")
+        XCTAssertFalse(c.isOpen)
+    }
+
     func testAStalledRequestBodyGets408AfterBodyTimeout() throws {
         let c = try connection { $0.bodyTimeout = 10; $0.keepAlive = 2 }
         c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")

@@ -1,0 +1,128 @@
+/// One setting of srv, declared once, as Gunicorn's config.py declares its settings: its
+/// name (the long flag, and the config file's key), the value it takes, its help, how a
+/// value is read into `Settings`, and what a valid value is. Its default is the initial value
+/// of its `Settings` property, and `srv --help` shows it from there. The flags, SRV_CMD_ARGS,
+/// the config file, the help text and the checks all come from `Setting.all`.
+public struct Setting {
+    public enum Kind {
+        /// `--name VALUE`; the last one given wins.
+        case value
+        /// `--name VALUE`, repeatable: the values of one source (the file, SRV_CMD_ARGS,
+        /// the flags) replace those of a weaker one, or add to them (`accumulates`).
+        case repeated
+        /// `--name` sets it, `--no-name` clears it when `invertible`; `name = true|false`
+        /// in the config file.
+        case toggle(invertible: Bool)
+    }
+
+    public let name: String
+    public let short: Character?
+    public let kind: Kind
+    /// What the value is, in help: `<N>`, `<FILE.so>`.
+    public let valueName: String
+    public let help: String
+    /// The default as help shows it, or nil when the help text says it (or there is none).
+    public let defaultText: String?
+    /// A config file may set it (`-c` itself may not).
+    public let inConfigFile: Bool
+    /// Reads `value` into the settings; `first`: the first value of this setting in its
+    /// source (a repeated setting starts over from it). Throws `Setting.Problem`.
+    let read: (_ settings: inout Settings, _ value: String, _ first: Bool) throws -> Void
+    /// What is wrong with the setting's value in `settings`, or nil.
+    let check: (Settings) -> String?
+
+    /// A value that cannot be read: what was expected and what was found.
+    public struct Problem: Error, CustomStringConvertible {
+        public let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// The setting called `name` (a long flag or config key, dashes or underscores).
+    public static func named(_ name: String) -> Setting? {
+        let dashed = String(name.map { $0 == "_" ? "-" : $0 })
+        return byName[dashed]
+    }
+
+    /// The setting of a short flag (`w` for `-w`).
+    public static func short(_ c: Character) -> Setting? { all.first { $0.short == c } }
+
+    private static let byName: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+
+    /// The problem of each setting's value in `settings`.
+    static func problems(in settings: Settings) -> [String] {
+        all.compactMap { $0.check(settings) }
+    }
+}
+
+// MARK: - Kinds of value
+
+extension Setting {
+    /// A number: an integer, or seconds (a Double).
+    static func number<T: LosslessStringConvertible & Comparable>(
+        _ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, T>, valueName: String,
+        help: String, expected: String, valid: @escaping (T) -> Bool, showDefault: Bool = true
+    ) -> Setting {
+        Setting(name: name, short: short, kind: .value, valueName: valueName, help: help,
+                defaultText: showDefault ? Self.text(Settings()[keyPath: key]) : nil, inConfigFile: true,
+                read: { s, value, _ in
+                    guard let v = T(value.trimmingSpaces) else {
+                        throw Problem("expected \(T.self == Double.self ? "a number of seconds" : "an integer"), found \"\(value)\"")
+                    }
+                    s[keyPath: key] = v
+                },
+                check: { s in valid(s[keyPath: key]) ? nil : "\(name): expected \(expected), found \(Self.text(s[keyPath: key]))" })
+    }
+
+    /// A string, optional or with a default.
+    static func text(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, String?>,
+                     valueName: String, help: String) -> Setting {
+        Setting(name: name, short: short, kind: .value, valueName: valueName, help: help, defaultText: nil,
+                inConfigFile: true, read: { s, value, _ in s[keyPath: key] = value }, check: { _ in nil })
+    }
+
+    static func text(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, String>,
+                     valueName: String, help: String, check: @escaping (Settings) -> String? = { _ in nil }) -> Setting {
+        Setting(name: name, short: short, kind: .value, valueName: valueName, help: help,
+                defaultText: Settings()[keyPath: key], inConfigFile: true,
+                read: { s, value, _ in s[keyPath: key] = value }, check: check)
+    }
+
+    /// A switch; `invertible`: its default is srv's to decide, and `--no-NAME` says no.
+    static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool?>, help: String) -> Setting {
+        Setting(name: name, short: nil, kind: .toggle(invertible: true), valueName: "", help: help,
+                defaultText: nil, inConfigFile: true,
+                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in nil })
+    }
+
+    static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool>, help: String) -> Setting {
+        Setting(name: name, short: nil, kind: .toggle(invertible: false), valueName: "", help: help,
+                defaultText: nil, inConfigFile: true,
+                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in nil })
+    }
+
+    /// A list whose values of a stronger source replace a weaker one's.
+    static func list(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, [String]>,
+                     valueName: String, help: String, accumulates: Bool = false,
+                     check: @escaping (Settings) -> String? = { _ in nil }) -> Setting {
+        Setting(name: name, short: short, kind: .repeated, valueName: valueName, help: help, defaultText: nil,
+                inConfigFile: true,
+                read: { s, value, first in
+                    if first && !accumulates { s[keyPath: key] = [] }
+                    s[keyPath: key].append(value)
+                }, check: check)
+    }
+
+    static func boolean(_ value: String) throws -> Bool {
+        switch value.trimmingSpaces.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw Problem("expected true or false, found \"\(value)\"")
+        }
+    }
+
+    /// A default as help shows it: 2.0 as 2.
+    static func text<T>(_ value: T) -> String {
+        if let d = value as? Double, d == d.rounded(), abs(d) < 1e15 { return String(Int(d)) }
+        return "\(value)"
+    }
+}
