@@ -9,6 +9,9 @@ let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 // The request path is single-threaded per slot; dynamic exclusivity checks cost ~5% there.
 let hotPath: [SwiftSetting] = swift5 + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 
+// srv's C builds with every warning an error (-Wall -Wextra -Werror), as its plugins' examples do.
+let strictC: [CSetting] = [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
+
 let gateway: Target.Dependency = .product(name: "SrvGateway", package: "PluginSDK")
 
 let package = Package(
@@ -33,7 +36,7 @@ let package = Package(
         // MARK: - The server
         .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi",
                        providers: [.apt(["libffi-dev"])]),
-        .target(name: "CSrvSystem", dependencies: [gateway, "CFFI"], path: "Sources/CSrvSystem"),
+        .target(name: "CSrvSystem", dependencies: [gateway, "CFFI"], path: "Sources/CSrvSystem", cSettings: strictC),
         .target(name: "SrvCore",
                 dependencies: [
                     gateway, "CSrvSystem",
@@ -57,7 +60,7 @@ let package = Package(
                        providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Blog", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK"), "CSQLite"], path: "Examples/blog/Sources/Blog",
                 swiftSettings: swift5),
-        .target(name: "BlogExport", dependencies: [gateway], path: "Examples/blog/Sources/BlogExport"),
+        .target(name: "BlogExport", dependencies: [gateway], path: "Examples/blog/Sources/BlogExport", cSettings: strictC),
 
         // MARK: - Tests (unit tests of pure logic; Tests/integration drives the real binary)
         .testTarget(name: "SrvCoreTests", dependencies: ["SrvCore", gateway], path: "Tests/SrvCoreTests",

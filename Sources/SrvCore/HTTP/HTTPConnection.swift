@@ -166,6 +166,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         case .responding: stash(&buffer)
         default: if pending != nil { stash(&buffer) } else { parse(&buffer, context: context) }
         }
+        assert(invariantsHold, invariantsDescription)
     }
 
     private func stash(_ buffer: inout ByteBuffer) {
@@ -190,6 +191,38 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// Not passed on: this is the pipeline's last handler, and the tail does nothing with it.
     func channelReadComplete(context: ChannelHandlerContext) {
         flush(context: context)
+        assert(invariantsHold, invariantsDescription)
+    }
+
+    // MARK: - Invariants (checked in debug builds)
+
+    /// The fields that must agree whatever the connection is doing. Checked with `assert`
+    /// after each event, so the unit tests (debug builds) catch a transition that breaks
+    /// one; release builds do not pay for it.
+    private var invariantsHold: Bool {
+        // A request runs on a pool thread, or its body streams, only while responding (or
+        // after the connection closed under it).
+        if appRunning || iterating {
+            switch phase { case .responding, .closing: break; default: return false }
+        }
+        switch phase {
+        case .idle:
+            // Between requests or in a head: no request, nothing streaming or running.
+            return slot == nil && !iterating && !appRunning
+        case .readingBody:
+            return slot != nil && !iterating
+        case .discardingBody:
+            return slot == nil
+        case .responding:
+            // The request being answered keeps its slot until it is finished.
+            return slot != nil
+        case .closing:
+            return true
+        }
+    }
+
+    private var invariantsDescription: String {
+        "connection invariants broken: phase \(phase), slot \(slot == nil ? "nil" : "set"), appRunning \(appRunning), iterating \(iterating), pending \(pending?.readableBytes ?? -1), inputClosed \(inputClosed)"
     }
 
     private func pauseReads(context: ChannelHandlerContext) {
@@ -684,6 +717,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     }
 
     private func applicationReturned(_ rc: Int32, slot: RequestSlot, context: ChannelHandlerContext) {
+        defer { assert(invariantsHold, invariantsDescription) }
         appRunning = false
         slot.streamingChannel = nil
         if tornDown || self.slot !== slot {
@@ -759,6 +793,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// Pulls an iterator body while the client keeps up (back-pressure through writability).
     private func pump(context: ChannelHandlerContext) {
         guard let slot = slot, iterating else { return }
+        defer { assert(invariantsHold, invariantsDescription) }
         do {
             while context.channel.isWritable {
                 if try !slot.pull() {
