@@ -16,8 +16,9 @@ struct Srv: ParsableCommand {
 }
 
 let overview = "An application server for web applications compiled as shared objects (gateway spec ABI \(GatewayABI.major).\(GatewayABI.minor))."
+let usageLine = "srv --app FILE.so [-b ADDRESS] [-w N] [options]"
 let usage = """
-    USAGE: srv --app FILE.so [-b ADDRESS] [-w N] [options]
+    USAGE: \(usageLine)
            srv --apps-dir DIR [options]
            srv check PATH.so ...             validate plugins without serving (srv check --help)
            srv status [--pid FILE | PID]     a running master's generation, apps and workers
@@ -49,7 +50,7 @@ func serveHelp() -> String {
 
 /// A bad flag or setting: said once, then how to get help; exit status 64 (EX_USAGE).
 func usageError(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("Error: \(message)\nUsage: srv --app FILE.so [-b ADDRESS] [-w N] [options]\n  See 'srv --help' for more information.\n".utf8))
+    FileHandle.standardError.write(Data("Error: \(message)\nUsage: \(usageLine)\n  See 'srv --help' for more information.\n".utf8))
     exit(64)
 }
 
@@ -65,7 +66,7 @@ func runServe(_ arguments: [String]) -> Never {
         exit(0)
     } catch let e as ExitCode {
         exit(e.rawValue)
-    } catch let e as SettingSources.Problem {
+    } catch let e as SettingsProblem {
         usageError(e.description)
     } catch let e as ValidationError {
         usageError(e.message)
@@ -169,7 +170,7 @@ struct Status: ParsableCommand {
         var path = statusFile
         var pid = masterPID
         if path == nil, let pidFile = pidFile {
-            guard let text = FileManagerShim.read(pidFile), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            guard let text = TextFile.read(pidFile), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
                 throw ValidationError("cannot read a pid from \(pidFile); is srv running with --pid \(pidFile)?")
             }
             pid = p
@@ -191,7 +192,7 @@ struct Status: ParsableCommand {
             }
             path = found[0]
         }
-        guard let text = FileManagerShim.read(path!) else {
+        guard let text = TextFile.read(path!) else {
             throw ValidationError("cannot read the status at \(path!) (\(String(cString: strerror(errno)))); is that master running, and may this user read its runtime directory? (root can)")
         }
         guard let status = try? JSONDecoder().decode(ArbiterStatus.self, from: Data(text.utf8)) else {
@@ -207,12 +208,6 @@ struct WorkerCommand: ParsableCommand {
     func run() throws { WorkerProcess.run() }
 }
 
-enum FileManagerShim {
-    static func read(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        return String(decoding: data, as: UTF8.self)
-    }
-}
 
 /// A private directory for one command's scratch files (mkdtemp), removed with its contents.
 struct TemporaryDirectory {
@@ -228,11 +223,11 @@ struct TemporaryDirectory {
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "check", "status", "worker":
-    Srv.main(arguments)
+    Srv.main(SettingSources.normalizingUnderscores(arguments))
 case "serve":
     runServe(Array(arguments.dropFirst()))
-case "help" where arguments.count == 1:
-    print(serveHelp())
+case "help":
+    if arguments.count == 1 || arguments[1] == "serve" { print(serveHelp()) } else { Srv.main(arguments) }
 default:
     runServe(arguments)
 }

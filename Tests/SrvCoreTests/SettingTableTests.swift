@@ -5,13 +5,26 @@ import XCTest
 /// Each setting is declared once (Setting.all); these tests hold the flags, the config
 /// file's names, the defaults `srv --help` shows and `Settings` to one another.
 final class SettingTableTests: XCTestCase {
+    /// The settings a command line gives (one source, as `SettingSources.resolve` applies
+    /// it), before the checks.
     private func parse(_ flags: [String]) throws -> Settings {
         var command = SettingSources.CommandFlags()
         let values = try SettingSources.parseFlags(["--app", "/a.so"] + flags, command: &command)
         var s = Settings()
-        for (i, v) in values.enumerated() { try v.setting.read(&s, v.value, i == 0 || values[i - 1].setting.name != v.setting.name) }
+        try SettingSources.apply(values, to: &s) { "--\(values[$0].setting.name)" }
         return s
     }
+
+    /// The defaults README, the examples and operators rely on, written out: a change of one
+    /// is deliberate and changes this table too.
+    private let documentedDefaults: [String: String] = [
+        "backlog": "2048", "workers": "1", "keep-alive": "2", "body-timeout": "60", "send-timeout": "60",
+        "limit-request-line": "4094", "limit-request-fields": "100", "limit-request-field-size": "8190",
+        "limit-request-body": "67108864", "body-memory-limit": "1048576", "spool-dir": "/tmp",
+        "forwarded-allow-ips": "127.0.0.1,::1,unix", "proxy-allow-from": "127.0.0.1,::1", "error-logfile": "-",
+        "log-level": "info", "timeout": "30", "graceful-timeout": "30", "boot-timeout": "30", "max-requests": "0",
+        "reload-delay": "1",
+    ]
 
     /// A valid value of each setting that is not its default.
     private let samples: [String: String] = [
@@ -36,29 +49,49 @@ final class SettingTableTests: XCTestCase {
     }
 
     func testEverySettingIsReadTheSameFromAFlagAndFromTheConfigFile() throws {
-        for setting in Setting.all where setting.inConfigFile {
+        let dir = NSTemporaryDirectory() + "srv-settings-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for setting in Setting.all where setting.inConfigFile && setting.name != "app" {
             let value = try XCTUnwrap(samples[setting.name], "no sample value for \(setting.name)")
-            let flag: [String]
-            if case .toggle = setting.kind { flag = ["--\(setting.name)"] } else { flag = ["--\(setting.name)", value] }
-            let fromFlag = try parse(flag)
-            let lines = try ConfigFile.lines(from: "\(setting.name.replacingOccurrences(of: "-", with: "_")) = \(value)", path: "c")
-            var fromFile = try parse([])
-            try lines[0].setting.read(&fromFile, lines[0].value, true)
+            var flag = ["--\(setting.name)"]
+            if case .toggle = setting.kind {} else { flag.append(value) }
+            var command = SettingSources.CommandFlags()
+            let fromFlag = try SettingSources.resolveUnchecked(
+                flags: SettingSources.parseFlags(["--app", "/a.so"] + flag, command: &command), environment: [:])
+            let file = dir + "/\(setting.name).conf"
+            FileManager.default.createFile(atPath: file, contents: Data("app = /a.so\n\(setting.name.replacingOccurrences(of: "-", with: "_")) = \(value)\n".utf8))
+            var fromFile = try SettingSources.resolveUnchecked(
+                flags: SettingSources.parseFlags(["-c", file], command: &command), environment: [:])
+            fromFile.configFile = nil
             XCTAssertEqual(fromFlag, fromFile, setting.name)
             XCTAssertNotEqual(fromFlag, try parse([]), "--\(setting.name) \(value) changed nothing")
         }
     }
 
-    func testEveryDefaultThatHelpShowsIsTheRealDefault() throws {
-        let help = SettingSources.optionsHelp(width: 1000)
-        for setting in Setting.all {
-            XCTAssertTrue(help.contains("--\(setting.name)"), "--\(setting.name) missing from srv --help")
-            guard let shown = setting.defaultText else { continue }
-            XCTAssertTrue(help.contains("(default \(shown))"), "\(setting.name): \(help)")
-            XCTAssertEqual(try parse(["--\(setting.name)", shown]), try parse([]),
-                           "--\(setting.name) \(shown), the default help shows, is not Settings()' default")
-            XCTAssertNil(setting.check(Settings()), "\(setting.name)'s default fails its own check")
+    func testEachSettingsHelpRowShowsItsDocumentedDefault() throws {
+        let help = SettingSources.optionsHelp(width: 10_000)
+        // One row per flag: its line and the indented lines that continue it.
+        var rows: [String] = []
+        for line in help.split(separator: "\n") {
+            if line.hasPrefix("  -") || rows.isEmpty { rows.append(String(line)) } else { rows[rows.count - 1] += " " + line }
         }
+        for setting in Setting.all {
+            let flag = (setting.short.map { "  -\($0), " } ?? "  ") + "--\(setting.name)"
+            let row = try XCTUnwrap(rows.first { $0.hasPrefix(flag + " ") || $0.hasPrefix(flag + "/") || $0 == flag },
+                                    "--\(setting.name) missing from srv --help")
+            let shown = setting.defaultText.map { "(default \($0))" }
+            XCTAssertEqual(shown, documentedDefaults[setting.name].map { "(default \($0))" }, setting.name)
+            if let shown = shown { XCTAssertTrue(row.contains(shown), "\(setting.name): \(row)") }
+        }
+    }
+
+    func testEveryDocumentedDefaultIsTheDefaultSrvRunsWith() throws {
+        for (name, value) in documentedDefaults {
+            XCTAssertEqual(try parse(["--\(name)", value]), try parse([]), "--\(name) \(value) is not the default")
+            XCTAssertNotNil(Setting.named(name), name)
+        }
+        XCTAssertTrue(Setting.problems(in: Settings()).isEmpty, "\(Setting.problems(in: Settings()))")
     }
 
     func testEveryPropertyOfSettingsHasASetting() {

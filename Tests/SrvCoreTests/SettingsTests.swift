@@ -35,10 +35,11 @@ final class SettingsTests: XCTestCase {
         XCTAssertTrue(problems.contains { $0.contains("bind \"nope:port\"") }, "\(problems)")
     }
 
-    func testDuplicateMountIsRefused() {
-        var s = Settings()
-        s.mounts = [.init(prefix: "/a", path: "/x.so"), .init(prefix: "/a", path: "/y.so")]
-        XCTAssertTrue(s.validate().contains { $0.contains("mount /a is given twice") })
+    func testAPrefixMountedTwiceServesTheLastOne() throws {
+        var command = SettingSources.CommandFlags()
+        let values = try SettingSources.parseFlags(["--mount", "/a=/x.so", "--mount", "/a/=/y.so"], command: &command)
+        let s = try SettingSources.resolveUnchecked(flags: values, environment: [:])
+        XCTAssertEqual(s.mounts, [.init(prefix: "/a", path: "/y.so")])
     }
 
     func testSettingsRoundTripThroughJSON() throws {
@@ -110,7 +111,8 @@ final class ConfigFileTests: XCTestCase {
     }
 
     func testSwitchNeedsABoolean() throws {
-        XCTAssertFalse(try settings(file: "app = /a.so\nreload = off").reload)
+        XCTAssertTrue(try settings(file: "app = /a.so\nreload = on").reload)
+        XCTAssertFalse(try settings(file: "app = /a.so\nreload = on\nreload = off").reload, "off undoes on")
         XCTAssertThrowsError(try settings(file: "app = /a.so\nreload = maybe"))
     }
 

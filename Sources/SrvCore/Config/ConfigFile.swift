@@ -1,3 +1,5 @@
+import Foundation
+
 /// The config file (`-c FILE`): one `name = value` per line, with the flags' long names
 /// (`workers = 4`, `bind = 127.0.0.1:8000`, `app = ./libblog.so`). A setting that takes
 /// several values is repeated; a switch takes true or false. `#` starts a comment. Each
@@ -24,7 +26,7 @@ public enum ConfigFile {
             guard let eq = trimmed.firstIndex(of: "=") else {
                 throw ParseError(description: "\(path) line \(index + 1): expected `name = value`, found \"\(trimmed.prefix(60))\"")
             }
-            let name = String(trimmed[..<eq]).trimmingSpaces.replacingUnderscores()
+            let name = String(trimmed[..<eq]).trimmingSpaces
             var value = String(trimmed[trimmed.index(after: eq)...]).trimmingSpaces
             if value.count >= 2, (value.hasPrefix("\"") && value.hasSuffix("\"")) || (value.hasPrefix("'") && value.hasSuffix("'")) {
                 value = String(value.dropFirst().dropLast())
@@ -35,6 +37,14 @@ public enum ConfigFile {
             result.append(Line(number: index + 1, setting: setting, value: value))
         }
         return result
+    }
+}
+
+/// A text file's contents (UTF-8), or nil when it cannot be read.
+public enum TextFile {
+    public static func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 
@@ -60,7 +70,7 @@ public enum ShellWords {
             default: current.append(c); inWord = true
             }
         }
-        if quote != nil { throw ConfigFile.ParseError(description: "SRV_CMD_ARGS: unterminated quote") }
+        if quote != nil { throw ConfigFile.ParseError(description: "unterminated quote") }
         if inWord { words.append(current) }
         return words
     }

@@ -26,21 +26,14 @@ public struct Setting {
     /// A config file may set it (`-c` itself may not).
     public let inConfigFile: Bool
     /// Reads `value` into the settings; `first`: the first value of this setting in its
-    /// source (a repeated setting starts over from it). Throws `Setting.Problem`.
+    /// source (a repeated setting starts over from it). Throws `SettingsProblem`.
     let read: (_ settings: inout Settings, _ value: String, _ first: Bool) throws -> Void
-    /// What is wrong with the setting's value in `settings`, or nil.
-    let check: (Settings) -> String?
-
-    /// A value that cannot be read: what was expected and what was found.
-    public struct Problem: Error, CustomStringConvertible {
-        public let description: String
-        init(_ description: String) { self.description = description }
-    }
+    /// What is wrong with the setting's value in `settings` (each bad value of a list).
+    let check: (Settings) -> [String]
 
     /// The setting called `name` (a long flag or config key, dashes or underscores).
     public static func named(_ name: String) -> Setting? {
-        let dashed = String(name.map { $0 == "_" ? "-" : $0 })
-        return byName[dashed]
+        byName[name.replacingUnderscores()]
     }
 
     /// The setting of a short flag (`w` for `-w`).
@@ -50,8 +43,14 @@ public struct Setting {
 
     /// The problem of each setting's value in `settings`.
     static func problems(in settings: Settings) -> [String] {
-        all.compactMap { $0.check(settings) }
+        all.flatMap { $0.check(settings) }
     }
+}
+
+/// A setting srv cannot use, said once: what was expected, what was found, and where.
+public struct SettingsProblem: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }
 
 // MARK: - Kinds of value
@@ -66,22 +65,22 @@ extension Setting {
                 defaultText: showDefault ? Self.text(Settings()[keyPath: key]) : nil, inConfigFile: true,
                 read: { s, value, _ in
                     guard let v = T(value.trimmingSpaces) else {
-                        throw Problem("expected \(T.self == Double.self ? "a number of seconds" : "an integer"), found \"\(value)\"")
+                        throw SettingsProblem("expected \(T.self == Double.self ? "a number of seconds" : "an integer"), found \"\(value)\"")
                     }
                     s[keyPath: key] = v
                 },
-                check: { s in valid(s[keyPath: key]) ? nil : "\(name): expected \(expected), found \(Self.text(s[keyPath: key]))" })
+                check: { s in valid(s[keyPath: key]) ? [] : ["\(name): expected \(expected), found \(Self.text(s[keyPath: key]))"] })
     }
 
     /// A string, optional or with a default.
     static func text(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, String?>,
                      valueName: String, help: String) -> Setting {
         Setting(name: name, short: short, kind: .value, valueName: valueName, help: help, defaultText: nil,
-                inConfigFile: true, read: { s, value, _ in s[keyPath: key] = value }, check: { _ in nil })
+                inConfigFile: true, read: { s, value, _ in s[keyPath: key] = value }, check: { _ in [] })
     }
 
     static func text(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, String>,
-                     valueName: String, help: String, check: @escaping (Settings) -> String? = { _ in nil }) -> Setting {
+                     valueName: String, help: String, check: @escaping (Settings) -> [String] = { _ in [] }) -> Setting {
         Setting(name: name, short: short, kind: .value, valueName: valueName, help: help,
                 defaultText: Settings()[keyPath: key], inConfigFile: true,
                 read: { s, value, _ in s[keyPath: key] = value }, check: check)
@@ -91,19 +90,19 @@ extension Setting {
     static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool?>, help: String) -> Setting {
         Setting(name: name, short: nil, kind: .toggle(invertible: true), valueName: "", help: help,
                 defaultText: nil, inConfigFile: true,
-                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in nil })
+                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in [] })
     }
 
     static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool>, help: String) -> Setting {
         Setting(name: name, short: nil, kind: .toggle(invertible: false), valueName: "", help: help,
                 defaultText: nil, inConfigFile: true,
-                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in nil })
+                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in [] })
     }
 
     /// A list whose values of a stronger source replace a weaker one's.
     static func list(_ name: String, short: Character? = nil, _ key: WritableKeyPath<Settings, [String]>,
                      valueName: String, help: String, accumulates: Bool = false,
-                     check: @escaping (Settings) -> String? = { _ in nil }) -> Setting {
+                     check: @escaping (Settings) -> [String] = { _ in [] }) -> Setting {
         Setting(name: name, short: short, kind: .repeated, valueName: valueName, help: help, defaultText: nil,
                 inConfigFile: true,
                 read: { s, value, first in
@@ -116,7 +115,7 @@ extension Setting {
         switch value.trimmingSpaces.lowercased() {
         case "true", "yes", "on", "1": return true
         case "false", "no", "off", "0": return false
-        default: throw Problem("expected true or false, found \"\(value)\"")
+        default: throw SettingsProblem("expected true or false, found \"\(value)\"")
         }
     }
 

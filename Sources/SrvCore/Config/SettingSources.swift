@@ -4,12 +4,6 @@ import Foundation
 /// file (`-c`), SRV_CMD_ARGS, the flags. All three are read through `Setting.all`, so a
 /// setting means the same wherever it is written.
 public enum SettingSources {
-    /// A problem with the settings, said once: what was expected, what was found, where.
-    public struct Problem: Error, CustomStringConvertible {
-        public let description: String
-        public init(_ description: String) { self.description = description }
-    }
-
     /// Flags of the serving command itself, not settings (`--check-config`, `--help`).
     public struct CommandFlags {
         public var checkConfig = false
@@ -24,17 +18,32 @@ public enum SettingSources {
         public let value: String
     }
 
+    /// Gunicorn's underscore spellings of long flags (`--limit-request-field_size`) as the
+    /// dashed ones srv declares; values are left alone.
+    public static func normalizingUnderscores(_ arguments: [String]) -> [String] {
+        arguments.map { arg in
+            guard arg.hasPrefix("--"), arg.contains("_") else { return arg }
+            let name = arg.prefix { $0 != "=" }
+            return String(name).replacingUnderscores() + arg.dropFirst(name.count)
+        }
+    }
+
     /// Reads flags: `--name VALUE`, `--name=VALUE`, `-x VALUE`, `-xVALUE`, `--toggle`,
     /// `--no-toggle` for a toggle whose default srv decides, and Gunicorn's underscore
-    /// spellings (`--limit-request-field_size`).
-    public static func parseFlags(_ arguments: [String], command: inout CommandFlags) throws -> [Value] {
+    /// spellings (`--limit-request-field_size`). `--help` anywhere wins over a bad flag.
+    public static func parseFlags(_ given: [String], command: inout CommandFlags) throws -> [Value] {
+        let arguments = normalizingUnderscores(given)
+        if arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+            command.help = true
+            return []
+        }
         var values: [Value] = []
         var i = 0
         func value(for setting: Setting, flag: String, inline: String?) throws -> String {
             if let v = inline { return v }
             i += 1
             guard i < arguments.count else {
-                throw Problem("\(flag): expected a value (\(setting.valueName)), found the end of the command line")
+                throw SettingsProblem("\(flag): expected a value (\(setting.valueName)), found the end of the command line")
             }
             return arguments[i]
         }
@@ -43,17 +52,16 @@ public enum SettingSources {
             defer { i += 1 }
             switch arg {
             case "--check-config": command.checkConfig = true; continue
-            case "--help", "-h": command.help = true; continue
             case "--version": command.version = true; continue
             default: break
             }
             if arg.hasPrefix("--") {
                 let body = arg.dropFirst(2)
-                let name = String(body.prefix { $0 != "=" }).replacingUnderscores()
+                let name = String(body.prefix { $0 != "=" })
                 let inline = body.contains("=") ? String(body.drop { $0 != "=" }.dropFirst()) : nil
                 if let setting = Setting.named(name) {
                     if case .toggle = setting.kind {
-                        guard inline == nil else { throw Problem("--\(name) takes no value; found \"\(arg)\"") }
+                        guard inline == nil else { throw SettingsProblem("--\(name) takes no value; found \"\(arg)\"") }
                         values.append(Value(setting: setting, value: "true"))
                     } else {
                         values.append(Value(setting: setting, value: try value(for: setting, flag: "--\(name)", inline: inline)))
@@ -65,7 +73,7 @@ public enum SettingSources {
                     values.append(Value(setting: setting, value: "false"))
                     continue
                 }
-                throw Problem("unknown option --\(name)\(suggestion(for: name)); expected one of the flags of srv --help")
+                throw SettingsProblem("unknown option --\(name)\(suggestion(for: name)); expected one of the flags of srv --help")
             }
             if arg.hasPrefix("-"), arg.count >= 2, let c = arg.dropFirst().first, let setting = Setting.short(c) {
                 let rest = String(arg.dropFirst(2))
@@ -74,9 +82,9 @@ public enum SettingSources {
                 continue
             }
             if arg.hasPrefix("-") && arg.count > 1 {
-                throw Problem("unknown option \(arg); expected one of the flags of srv --help")
+                throw SettingsProblem("unknown option \(arg); expected one of the flags of srv --help")
             }
-            throw Problem("unexpected argument \"\(arg)\"; the application is given with --app \(arg.hasSuffix(".so") ? arg : "FILE.so") (or --mount, --apps-dir)")
+            throw SettingsProblem("unexpected argument \"\(arg)\"; the application is given with --app \(arg.hasSuffix(".so") ? arg : "FILE.so") (or --mount, --apps-dir)")
         }
         return values
     }
@@ -111,7 +119,7 @@ public enum SettingSources {
             do {
                 try v.setting.read(&settings, v.value, seen.insert(v.setting.name).inserted)
             } catch {
-                throw Problem("\(place(i)): \(error)")
+                throw SettingsProblem("\(place(i)): \(error)")
             }
         }
     }
@@ -121,42 +129,10 @@ public enum SettingSources {
     ///   - flags: the command line's setting values (`parseFlags`).
     ///   - environment: the process's environment (SRV_CMD_ARGS).
     public static func resolve(flags: [Value], environment: [String: String]) throws -> Settings {
-        var settings = Settings()
-        var envValues: [Value] = []
-        if let text = environment["SRV_CMD_ARGS"], !text.isEmpty {
-            do {
-                var ignored = CommandFlags()
-                envValues = try parseFlags(try ShellWords.split(text), command: &ignored)
-            } catch {
-                throw Problem("SRV_CMD_ARGS: \(error)")
-            }
-        }
-        let configPath = (flags + envValues).last { $0.setting.name == "config" }?.value
-        var fileLines: [String: Int] = [:]
-        if let path = configPath {
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw Problem("config file \(path): cannot read it (does it exist?)")
-            }
-            let lines: [ConfigFile.Line]
-            do { lines = try ConfigFile.lines(from: String(decoding: data, as: UTF8.self), path: path) } catch {
-                throw Problem("config file \(error)")
-            }
-            try apply(lines.map { Value(setting: $0.setting, value: $0.value) }, to: &settings) {
-                "config file \(path) line \(lines[$0].number): \(lines[$0].setting.name)"
-            }
-            for line in lines { fileLines[line.setting.name] = line.number }
-            settings.configFile = path
-        }
-        try apply(envValues, to: &settings) { "SRV_CMD_ARGS: --\(envValues[$0].setting.name)" }
-        try apply(flags, to: &settings) { "--\(flags[$0].setting.name)" }
-        if configPath != nil { settings.configFile = configPath }
-        // Relative paths are resolved now (from --chdir when given): workers and HUPs may run elsewhere.
-        settings.chdir = settings.chdir.map { absolute($0) }
-        let base = settings.chdir
-        settings.mounts = settings.mounts.map { Settings.Mount(prefix: $0.prefix, path: absolute($0.path, from: base)) }
-        settings.appsDir = settings.appsDir.map { absolute($0, from: base) }
-        var problems = settings.validate() + settings.resolveIdentity()
-        if let path = settings.configFile {
+        let (settings, fileLines) = try layered(flags: flags, environment: environment)
+        var resolved = settings
+        var problems = resolved.validate() + resolved.resolveIdentity()
+        if let path = resolved.configFile {
             // A problem with a value the file set names the file's line.
             problems = problems.map { problem in
                 let name = String(problem.prefix { $0 != ":" && $0 != " " })
@@ -164,8 +140,55 @@ public enum SettingSources {
                 return "\(problem) (config file \(path) line \(line))"
             }
         }
-        if !problems.isEmpty { throw Problem(problems.joined(separator: "\n")) }
-        return settings
+        if !problems.isEmpty { throw SettingsProblem(problems.joined(separator: "\n")) }
+        return resolved
+    }
+
+    /// The sources layered, before the checks (the unit tests compare sources with it).
+    static func resolveUnchecked(flags: [Value], environment: [String: String]) throws -> Settings {
+        try layered(flags: flags, environment: environment).settings
+    }
+
+    /// The sources layered, and the config file's line of each setting it still decides.
+    private static func layered(flags: [Value], environment: [String: String]) throws
+        -> (settings: Settings, fileLines: [String: Int]) {
+        var settings = Settings()
+        var envValues: [Value] = []
+        if let text = environment["SRV_CMD_ARGS"], !text.isEmpty {
+            var command = CommandFlags()
+            do { envValues = try parseFlags(try ShellWords.split(text), command: &command) } catch {
+                throw SettingsProblem("SRV_CMD_ARGS: \(error)")
+            }
+            if command.help || command.version || command.checkConfig {
+                throw SettingsProblem("SRV_CMD_ARGS: expected settings only, found --help, --version or --check-config; give those on the command line")
+            }
+        }
+        // -c on the command line wins over one in SRV_CMD_ARGS.
+        let configPath = (envValues + flags).last { $0.setting.name == "config" }?.value
+        var fileLines: [String: Int] = [:]
+        if let path = configPath {
+            guard let text = TextFile.read(path) else {
+                throw SettingsProblem("config file \(path): cannot read it (does it exist?)")
+            }
+            let lines: [ConfigFile.Line]
+            do { lines = try ConfigFile.lines(from: text, path: path) } catch {
+                throw SettingsProblem("config file \(error)")
+            }
+            try apply(lines.map { Value(setting: $0.setting, value: $0.value) }, to: &settings) {
+                "config file \(path) line \(lines[$0].number): \(lines[$0].setting.name)"
+            }
+            for line in lines { fileLines[line.setting.name] = line.number }
+        }
+        try apply(envValues, to: &settings) { "SRV_CMD_ARGS: --\(envValues[$0].setting.name)" }
+        try apply(flags, to: &settings) { "--\(flags[$0].setting.name)" }
+        // A value the environment or a flag gave is not the file's to answer for.
+        for v in envValues + flags { fileLines[v.setting.name] = nil }
+        // Relative paths are resolved now (from --chdir when given): workers and HUPs may run elsewhere.
+        settings.chdir = settings.chdir.map { absolute($0) }
+        let base = settings.chdir
+        settings.mounts = settings.mounts.map { Settings.Mount(prefix: $0.prefix, path: absolute($0.path, from: base)) }
+        settings.appsDir = settings.appsDir.map { absolute($0, from: base) }
+        return (settings, fileLines)
     }
 
     static func absolute(_ path: String, from base: String? = nil) -> String {

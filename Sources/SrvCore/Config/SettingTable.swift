@@ -9,23 +9,18 @@ extension Setting {
                 read: { s, value, _ in
                     s.mounts.removeAll { $0.prefix == "" }
                     s.mounts.insert(Settings.Mount(prefix: "", path: value), at: 0)
-                }, check: { _ in nil }),
+                }, check: { _ in [] }),
         Setting(name: "mount", short: nil, kind: .repeated, valueName: "/PATH=FILE.so",
                 help: "Mount an application at a path prefix; repeatable.", defaultText: nil, inConfigFile: true,
                 read: { s, value, _ in
                     guard let eq = value.firstIndex(of: "="), value.hasPrefix("/") else {
-                        throw Problem("expected /PATH=FILE.so (for example /blog=./libblog.so), found \"\(value)\"")
+                        throw SettingsProblem("expected /PATH=FILE.so (for example /blog=./libblog.so), found \"\(value)\"")
                     }
                     var prefix = String(value[..<eq])
                     while prefix.hasSuffix("/") { prefix.removeLast() }
                     s.mounts.removeAll { $0.prefix == prefix }
                     s.mounts.append(Settings.Mount(prefix: prefix, path: String(value[value.index(after: eq)...])))
-                },
-                check: { s in
-                    var prefixes = Set<String>()
-                    let twice = s.mounts.filter { !prefixes.insert($0.prefix).inserted }
-                    return twice.first.map { "mount \($0.prefix.isEmpty ? "/" : $0.prefix) is given twice" }
-                }),
+                }, check: { _ in [] }),
         .text("apps-dir", \.appsDir, valueName: "DIR", help: "Mount every lib<name>.so in DIR at /<name>.")
             .checked { s in
                 guard let dir = s.appsDir else { return nil }
@@ -47,7 +42,7 @@ extension Setting {
                   s.effectiveBinds.compactMap { b -> String? in
                       if case .failure(let e) = BindAddress.parse(b) { return e.description }
                       return nil
-                  }.first
+                  }
               }),
         .number("backlog", \.backlog, valueName: "N", help: "The listen backlog.", expected: "at least 1", valid: { $0 >= 1 }),
         .toggle("reuse-port", \.reusePort,
@@ -98,12 +93,12 @@ extension Setting {
         Setting(name: "forwarded-allow-ips", short: nil, kind: .value, valueName: "LIST",
                 help: "Comma-separated peers trusted to set X-Forwarded-For/-Proto: addresses, CIDR ranges (10.0.0.0/8), 'unix' (peers on a Unix socket, such as nginx), '*' for all.",
                 defaultText: Settings().forwardedAllowIPs.entries.joined(separator: ","), inConfigFile: true,
-                read: { s, value, _ in s.forwardedAllowIPs = try addresses(value) }, check: { _ in nil }),
+                read: { s, value, _ in s.forwardedAllowIPs = try addresses(value) }, check: { _ in [] }),
         .toggle("proxy-protocol", \.proxyProtocol, help: "Expect a PROXY protocol (v1 or v2) header on each connection."),
         Setting(name: "proxy-allow-from", short: nil, kind: .value, valueName: "LIST",
                 help: "Comma-separated peers allowed to send PROXY headers, in the form of --forwarded-allow-ips.",
                 defaultText: Settings().proxyAllowFrom.entries.joined(separator: ","), inConfigFile: true,
-                read: { s, value, _ in s.proxyAllowFrom = try addresses(value) }, check: { _ in nil }),
+                read: { s, value, _ in s.proxyAllowFrom = try addresses(value) }, check: { _ in [] }),
 
         // MARK: Logging
         .text("access-logfile", \.accessLogFile, valueName: "FILE",
@@ -115,18 +110,18 @@ extension Setting {
         Setting(name: "access-logformat", short: nil, kind: .value, valueName: "FORMAT",
                 help: "Access log format with Gunicorn's atoms, plus %(id)s for srv.request_id (default: combined, then the request id).",
                 defaultText: nil, inConfigFile: true,
-                read: { s, value, _ in s.accessLogFormat = AccessLogFormat(value) }, check: { _ in nil }),
+                read: { s, value, _ in s.accessLogFormat = AccessLogFormat(value) }, check: { _ in [] }),
         .text("error-logfile", \.errorLogFile, valueName: "FILE", help: "Error log file ('-' for stderr).",
               check: { s in
-                  guard s.errorLogFile != "-" else { return nil }
-                  return Settings.appendable(s.errorLogFile).map { "error-logfile \(s.errorLogFile): \($0)" }
+                  guard s.errorLogFile != "-" else { return [] }
+                  return Settings.appendable(s.errorLogFile).map { ["error-logfile \(s.errorLogFile): \($0)"] } ?? []
               }),
         Setting(name: "log-level", short: nil, kind: .value, valueName: "LEVEL",
                 help: "debug, info, warning, error or critical.", defaultText: Settings().logLevel, inConfigFile: true,
                 read: { s, value, _ in s.logLevel = value.lowercased() },
                 check: { s in
-                    ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(s.logLevel) ? nil
-                        : "log-level: expected one of debug, info, warning, error, critical, found \"\(s.logLevel)\""
+                    ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(s.logLevel) ? []
+                        : ["log-level: expected one of debug, info, warning, error, critical, found \"\(s.logLevel)\""]
                 }),
         .text("pid", \.pidFile, valueName: "FILE", help: "Write the master's pid to FILE."),
 
@@ -165,7 +160,7 @@ extension Setting {
         .list("env", short: "e", \.environment, valueName: "KEY=VALUE",
               help: "Set an environment variable for the workers; repeatable.", accumulates: true,
               check: { s in
-                  s.environment.first { !$0.contains("=") || $0.hasPrefix("=") }
+                  s.environment.filter { !$0.contains("=") || $0.hasPrefix("=") }
                       .map { "env \"\($0)\": expected KEY=VALUE (for example -e BLOG_DATA_DIR=/var/lib/blog)" }
               }),
         Setting(name: "umask", short: "m", kind: .value, valueName: "MASK",
@@ -175,13 +170,13 @@ extension Setting {
                     var digits = Substring(value.trimmingSpaces)
                     if digits.hasPrefix("0o") { digits = digits.dropFirst(2) }
                     guard let mask = Int(digits, radix: 8) else {
-                        throw Problem("expected an octal mode mask such as 0, 007 or 0o077, found \"\(value)\"")
+                        throw SettingsProblem("expected an octal mode mask such as 0, 007 or 0o077, found \"\(value)\"")
                     }
                     s.umask = mask
                 },
                 check: { s in
-                    (0...0o777).contains(s.umask) ? nil
-                        : "umask: expected an octal mode mask from 0 to 0o777 (for example 0o007), found \(String(s.umask, radix: 8))"
+                    (0...0o777).contains(s.umask) ? []
+                        : ["umask: expected an octal mode mask from 0 to 0o777 (for example 0o007), found \(String(s.umask, radix: 8))"]
                 }),
         .toggle("reload", \.reload, help: "Reload when an application file changes (after it stops changing)."),
         .number("reload-delay", \.reloadDelay, valueName: "SECONDS",
@@ -190,17 +185,17 @@ extension Setting {
         .text("status-file", \.statusFile, valueName: "FILE", help: "Where the master writes its status for `srv status`."),
         Setting(name: "config", short: "c", kind: .value, valueName: "FILE",
                 help: "Read settings from FILE (name = value lines, the long flag names).", defaultText: nil,
-                inConfigFile: false, read: { s, value, _ in s.configFile = value }, check: { _ in nil }),
+                inConfigFile: false, read: { s, value, _ in s.configFile = value }, check: { _ in [] }),
     ]
 
     private static func addresses(_ text: String) throws -> AddressList {
-        do { return try AddressList(parsing: text) } catch { throw Problem("\(error)") }
+        do { return try AddressList(parsing: text) } catch { throw SettingsProblem("\(error)") }
     }
 
-    /// The same setting with one more check.
+    /// The same setting with one more check (a problem, or nil).
     func checked(_ more: @escaping (Settings) -> String?) -> Setting {
         let first = check
         return Setting(name: name, short: short, kind: kind, valueName: valueName, help: help, defaultText: defaultText,
-                       inConfigFile: inConfigFile, read: read, check: { first($0) ?? more($0) })
+                       inConfigFile: inConfigFile, read: read, check: { first($0) + (more($0).map { [$0] } ?? []) })
     }
 }

@@ -1079,8 +1079,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// nearly reached (`lastActivity` is coarse, so it may read a few ms short).
     private func armIdleTimer(context: ChannelHandlerContext, in delay: TimeAmount? = nil) {
         // Without keep-alive (--keep-alive 0) a connection serves one request, which may
-        // take as long to arrive as a body may pause (--body-timeout).
-        let keepAlive = worker.keepsAlive ? worker.settings.keepAlive : worker.settings.bodyTimeout
+        // take as long to arrive as a body may pause (--body-timeout, as nginx's
+        // client_header_timeout), or 1 s once the worker stops.
+        let keepAlive = worker.keepsAlive ? worker.settings.keepAlive
+            : worker.isShuttingDown ? min(worker.settings.bodyTimeout, 1) : worker.settings.bodyTimeout
         let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
         idleTimer = context.eventLoop.scheduleTask(in: delay ?? limit) {
             guard let context = self.context else { return }
@@ -1173,5 +1175,11 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// closed by the keep-alive timer instead, as it would be at any time.
     func shutdownGracefully() {
         closeAfterResponse = true
+        // Without keep-alive, a connection still waiting for its request waits 1 s more,
+        // not --body-timeout.
+        if !worker.keepsAlive, requests == 0, case .idle = phase, let context = context {
+            idleTimer?.cancel()
+            armIdleTimer(context: context)
+        }
     }
 }

@@ -329,6 +329,16 @@ final class ExchangeTests: XCTestCase {
         XCTAssertFalse(d.isOpen)
     }
 
+    func testKeepAliveZeroAGracefulStopClosesAConnectionStillWaitingForItsRequestWithin1s() throws {
+        let c = try connection { $0.keepAlive = 0 }
+        c.worker.shutdownGracefully(timeout: 30)
+        c.loop.run()
+        c.advance(seconds: 0.9)
+        XCTAssertTrue(c.isOpen, "a request may be on its way")
+        c.advance(seconds: 0.2)
+        XCTAssertFalse(c.isOpen)
+    }
+
     func testKeepAliveZeroClosesAfterSrvsOwnAnswersToo() throws {
         let c = try connection({ $0.keepAlive = 0 }, mount: "/app")
         c.send("GET /elsewhere HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -444,6 +454,7 @@ final class ExchangeTests: XCTestCase {
         let c = try connection()
         c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         let r = try XCTUnwrap(c.responses().first)
+        XCTAssertTrue(r.chunked)
         XCTAssertEqual(r.body, "abcdef")
         XCTAssertTrue(c.isOpen)
     }

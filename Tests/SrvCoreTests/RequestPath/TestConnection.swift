@@ -40,13 +40,13 @@ final class TestConnection {
     }
 
     /// Delivers `text` as one read from the socket.
-    func send(_ text: String) {
-        send(Array(text.utf8))
+    func send(_ text: String, file: StaticString = #filePath, line: UInt = #line) {
+        send(Array(text.utf8), file: file, line: line)
     }
 
-    func send(_ bytes: [UInt8]) {
-        guard channel.isActive else { return }
-        XCTAssertNoThrow(try channel.writeInbound(channel.allocator.buffer(bytes: bytes)))
+    func send(_ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #line) {
+        guard channel.isActive else { return XCTFail("sent to a closed connection", file: file, line: line) }
+        XCTAssertNoThrow(try channel.writeInbound(channel.allocator.buffer(bytes: bytes)), file: file, line: line)
     }
 
     /// The client shut down its sending side (`shutdown(SHUT_WR)`).
@@ -78,9 +78,15 @@ final class TestConnection {
         return written
     }
 
-    /// The responses written since the last call, parsed as a client would.
-    func responses(forHEAD: Bool = false) -> [TestResponse] {
-        TestResponse.parse(outputBytes(), headRequests: forHEAD)
+    /// The responses written since the last call, parsed as a client would; each must be
+    /// complete, with no byte after the last one.
+    func responses(forHEAD: Bool = false, file: StaticString = #filePath, line: UInt = #line) -> [TestResponse] {
+        let (responses, leftover) = TestResponse.parse(outputBytes(), headRequests: forHEAD)
+        XCTAssertEqual(leftover, 0, "bytes after the last complete response", file: file, line: line)
+        for r in responses where !r.complete {
+            XCTFail("an incomplete response: \(r.status) \(r.headers), \(r.body.utf8.count) body bytes", file: file, line: line)
+        }
+        return responses
     }
 }
 
@@ -113,15 +119,18 @@ struct TestResponse {
     var body: String
     /// The body came in chunked transfer coding.
     var chunked = false
+    /// Every byte its framing announced arrived (the last chunk, all of Content-Length).
+    var complete = true
 
     func header(_ name: String) -> String? {
         headers.first { $0.0.lowercased() == name.lowercased() }?.1
     }
 
     /// Splits `bytes` into responses, framed as RFC 9112 6.3 says (a HEAD response, and 1xx,
-    /// 204 and 304, have no body; chunked; Content-Length; else up to the end). A trailing
-    /// incomplete response is returned with what arrived of it.
-    static func parse(_ bytes: [UInt8], headRequests: Bool = false) -> [TestResponse] {
+    /// 204 and 304, have no body; chunked; Content-Length; else up to the end). Returns them
+    /// and the count of bytes after the last one that do not make a head. A response whose
+    /// body falls short of its framing is returned with `complete` false.
+    static func parse(_ bytes: [UInt8], headRequests: Bool = false) -> ([TestResponse], leftover: Int) {
         var responses: [TestResponse] = []
         var rest = bytes[...]
         while !rest.isEmpty {
@@ -142,20 +151,25 @@ struct TestResponse {
                 // no body
             } else if r.header("transfer-encoding")?.lowercased() == "chunked" {
                 r.chunked = true
+                r.complete = false
                 var body: [UInt8] = []
                 while let lineEnd = find(rest, "\r\n") {
                     let sizeText = String(decoding: rest[rest.startIndex..<lineEnd], as: UTF8.self)
-                    let size = Int(sizeText.split(separator: ";")[0], radix: 16) ?? 0
+                    guard let size = Int(sizeText.split(separator: ";").first ?? "", radix: 16) else { break }
                     rest = rest[(lineEnd + 2)...]
                     if size == 0 {
-                        if let trailerEnd = find(rest, "\r\n") { rest = rest[(trailerEnd + 2)...] }
+                        guard let trailerEnd = find(rest, "\r\n") else { break }
+                        rest = rest[(trailerEnd + 2)...]
+                        r.complete = true
                         break
                     }
+                    guard rest.count >= size + 2 else { body += rest; rest = rest[rest.endIndex...]; break }
                     body += rest.prefix(size)
                     rest = rest.dropFirst(size + 2)
                 }
                 r.body = String(decoding: body, as: UTF8.self)
             } else if let length = r.header("content-length").flatMap({ Int($0) }) {
+                r.complete = rest.count >= length
                 r.body = String(decoding: rest.prefix(length), as: UTF8.self)
                 rest = rest.dropFirst(length)
             } else {
@@ -164,7 +178,7 @@ struct TestResponse {
             }
             responses.append(r)
         }
-        return responses
+        return (responses, rest.count)
     }
 
     private static func find(_ bytes: ArraySlice<UInt8>, _ needle: String) -> Int? {
