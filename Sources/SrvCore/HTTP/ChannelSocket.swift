@@ -1,3 +1,4 @@
+import CSrvSystem
 import NIOCore
 
 /// The socket underneath a NIO channel, so that a complete response can be written with one
@@ -22,4 +23,21 @@ enum ChannelSocket {
             of: NIOBSDSocket.Handle.self, { $0 }), fd >= 0 else { return nil }
         return fd
     }
+}
+
+/// How a connection sees its socket: the descriptor, and what the kernel still holds of
+/// what was sent (a slow reader's bytes, which keep a connection busy and count for
+/// --send-timeout). A worker asks the kernel; the unit tests pass a socket of their own
+/// whose queue they fill and drain, so the send timeout is tested without a network.
+struct SocketView {
+    /// The channel's descriptor (on its event loop), or nil.
+    var descriptor: (Channel) -> CInt?
+    /// Bytes sent and not yet taken by the peer.
+    var unsentBytes: (CInt) -> Int
+    /// A number that changes whenever the peer takes bytes (srv_sys_send_progress).
+    var sendProgress: (CInt) -> UInt64
+
+    static let kernel = SocketView(descriptor: ChannelSocket.descriptor(of:),
+                                   unsentBytes: { Int(srv_sys_unsent_bytes($0)) },
+                                   sendProgress: { srv_sys_send_progress($0) })
 }

@@ -1017,7 +1017,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         case .unavailable: return nil
         case .notLookedUp:
             guard requests >= 2 || now else { return nil }
-            guard let fd = ChannelSocket.descriptor(of: context.channel) else {
+            guard let fd = worker.socketView.descriptor(context.channel) else {
                 worker.log(.debug, "cannot find the socket of \(context.channel); its responses go through NIO's write path")
                 socketState = .unavailable
                 return nil
@@ -1092,7 +1092,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             case .idle where self.nioWrites == 0:
                 // What NIO wrote may still wait in the kernel for a slow reader: the
                 // connection is idle from when that is gone too.
-                if let fd = self.directSocket(context, now: true), srv_sys_unsent_bytes(fd) > 0 {
+                if let fd = self.directSocket(context, now: true), self.worker.socketView.unsentBytes(fd) > 0 {
                     if self.sendStalled(context: context) {
                         self.worker.log(.warning, "dropped the connection of \(self.info.remoteAddress): the client took no byte of the last response for \(self.worker.settings.sendTimeout) s (--send-timeout)")
                         self.phase = .closing
@@ -1146,8 +1146,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private func sendStalled(context: ChannelHandlerContext) -> Bool {
         guard let fd = directSocket(context, now: true) else { return false }
         let now = worker.clock.now()
-        let waiting = nioWrites > 0 || srv_sys_unsent_bytes(fd) > 0
-        let progress = srv_sys_send_progress(fd)
+        let waiting = nioWrites > 0 || worker.socketView.unsentBytes(fd) > 0
+        let progress = worker.socketView.sendProgress(fd)
         guard waiting, let last = sendProgress, last.value == progress else {
             sendProgress = waiting ? (progress, now) : nil
             return false

@@ -27,6 +27,8 @@ public final class WorkerServer {
     let keepsAlive: Bool
     /// The idle, body and send timeouts' clock.
     let clock: ConnectionClock
+    /// How connections see their sockets (the kernel's, or a unit test's).
+    let socketView: SocketView
     public let group: EventLoopGroup
     private var serverChannels: [Channel] = []
     private var listenerFDs: [Int32] = []
@@ -44,16 +46,18 @@ public final class WorkerServer {
 
     /// - Parameters:
     ///   - eventLoopGroup: where connections are served; nil: a new one-thread group (a
-    ///     worker process). The unit tests pass an EmbeddedEventLoop, with `clock` its clock.
+    ///     worker process). The unit tests pass an EmbeddedEventLoop, with `clock` its clock
+    ///     and a `socketView` whose send queue they control.
     public convenience init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
                             accessLog: AccessLog?, generation: Int, multiprocess: Bool) {
         self.init(settings: settings, apps: apps, logger: logger, scoreboard: scoreboard, accessLog: accessLog,
-                  generation: generation, multiprocess: multiprocess, eventLoopGroup: nil, clock: .coarse)
+                  generation: generation, multiprocess: multiprocess, eventLoopGroup: nil, clock: .coarse,
+                  socketView: .kernel)
     }
 
     init(settings: Settings, apps: [MountedApp], logger: Logger, scoreboard: Scoreboard?,
          accessLog: AccessLog?, generation: Int, multiprocess: Bool, eventLoopGroup: EventLoopGroup?,
-         clock: ConnectionClock) {
+         clock: ConnectionClock, socketView: SocketView = .kernel) {
         self.settings = settings
         self.limits = Limits(line: settings.limitRequestLine, fields: settings.limitRequestFields,
                              fieldSize: settings.limitRequestFieldSize, body: settings.limitRequestBody)
@@ -65,6 +69,7 @@ public final class WorkerServer {
         self.accessLog = accessLog
         self.group = eventLoopGroup ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.clock = clock
+        self.socketView = socketView
         self.keepsAlive = settings.keepAlive > 0
         self.dateCache = DateCache(threadSafe: settings.threads > 0)
         self.drained = group.next().makePromise(of: Void.self)

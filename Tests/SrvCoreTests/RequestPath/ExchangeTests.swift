@@ -348,6 +348,36 @@ final class ExchangeTests: XCTestCase {
         XCTAssertFalse(c.isOpen)
     }
 
+    // MARK: - Slow readers (--send-timeout, and idle means nothing left to send)
+
+    func testASlowReaderKeepsItsConnectionWhileItTakesBytesAndKeepAliveStartsWhenItHasAll() throws {
+        let c = try connection { $0.keepAlive = 2; $0.sendTimeout = 10 }
+        c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        XCTAssertEqual(c.responses().count, 1)
+        c.socket.unsent = 100_000
+        for _ in 0..<10 {  // 40 s, taking a little every 4 s
+            c.advance(seconds: 4)
+            c.socket.progress += 1
+            XCTAssertTrue(c.isOpen, "a reader that keeps taking bytes is not idle")
+        }
+        c.socket.unsent = 0
+        c.advance(seconds: 1.9)
+        XCTAssertTrue(c.isOpen, "--keep-alive counts from when the client had everything")
+        c.advance(seconds: 2.2)
+        XCTAssertFalse(c.isOpen)
+    }
+
+    func testAReaderThatTakesNothingForSendTimeoutIsDropped() throws {
+        let c = try connection { $0.keepAlive = 2; $0.sendTimeout = 10 }
+        c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        XCTAssertEqual(c.responses().count, 1)
+        c.socket.unsent = 100_000
+        c.advance(seconds: 9.9)
+        XCTAssertTrue(c.isOpen, "not before --send-timeout")
+        c.advance(seconds: 5.2)
+        XCTAssertFalse(c.isOpen, "within 1.5 x --send-timeout")
+    }
+
     func testAStalledRequestBodyGets408AfterBodyTimeout() throws {
         let c = try connection { $0.bodyTimeout = 10; $0.keepAlive = 2 }
         c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")

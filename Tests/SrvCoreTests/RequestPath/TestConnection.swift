@@ -14,6 +14,9 @@ final class TestConnection {
     let loop = EmbeddedEventLoop()
     let channel: EmbeddedChannel
     let worker: WorkerServer
+    /// The connection's socket as the kernel would report it: what the client has not taken
+    /// yet (`unsent`), and a count that moves whenever it takes some (`progress`).
+    let socket = FakeSocket()
     /// Everything written so far and not yet returned by `output()`.
     private var written: [UInt8] = []
 
@@ -23,7 +26,10 @@ final class TestConnection {
         logger.logLevel = .critical
         worker = WorkerServer(settings: settings, apps: [MountedApp(mount: mount, plugin: plugin)], logger: logger,
                               scoreboard: nil, accessLog: nil, generation: 1, multiprocess: false,
-                              eventLoopGroup: loop, clock: .of(loop))
+                              eventLoopGroup: loop, clock: .of(loop),
+                              socketView: SocketView(descriptor: { _ in FakeSocket.descriptor },
+                                                     unsentBytes: { [socket] _ in socket.unsent },
+                                                     sendProgress: { [socket] _ in socket.progress }))
         channel = EmbeddedChannel(loop: loop)
         channel.localAddress = try local ?? SocketAddress(ipAddress: "127.0.0.1", port: 8000)
         channel.remoteAddress = try remote ?? SocketAddress(ipAddress: "127.0.0.1", port: 40000)
@@ -88,6 +94,15 @@ final class TestConnection {
         }
         return responses
     }
+}
+
+/// The kernel's view of a test connection's socket, which the test sets.
+final class FakeSocket {
+    /// A descriptor number no test process has open: direct sends are off in the harness
+    /// (FileRegionReader is an outbound handler), so nothing is ever sent to it.
+    static let descriptor: CInt = 1_000_000
+    var unsent = 0
+    var progress: UInt64 = 0
 }
 
 /// Reads a file body when it is written, as sendfile would (the connection closes its copy
