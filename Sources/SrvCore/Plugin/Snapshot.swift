@@ -69,12 +69,8 @@ public struct Snapshot: Equatable, Codable {
     /// how many. Only the master that owns the directory calls it.
     @discardableResult
     public static func removeUnreferenced(in directory: String, keeping: Set<String>) -> Int {
-        guard let dir = opendir(directory) else { return 0 }
-        defer { closedir(dir) }
         var removed = 0
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            guard name.hasSuffix(".so") || name.hasSuffix(".tmp") else { continue }
+        for name in Directory.names(in: directory) ?? [] where name.hasSuffix(".so") || name.hasSuffix(".tmp") {
             let path = "\(directory)/\(name)"
             if !keeping.contains(path), unlink(path) == 0 { removed += 1 }
         }

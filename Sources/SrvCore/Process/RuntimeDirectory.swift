@@ -24,11 +24,7 @@ public enum RuntimeDirectory {
     public static var searchPaths: [String] {
         var paths = [defaultPath]
         for (base, prefix) in [("/run", ""), ("/tmp", "srv-")] {
-            guard let dir = opendir(base) else { continue }
-            defer { closedir(dir) }
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name.hasPrefix(".") || !name.hasPrefix(prefix) { continue }
+            for name in Directory.names(in: base) ?? [] where !name.hasPrefix(".") && name.hasPrefix(prefix) {
                 paths.append("\(base)/\(name)")
             }
         }
