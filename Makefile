@@ -2,6 +2,8 @@
 #
 #   make run     build srv and the blog example, serve it on http://127.0.0.1:8000
 #   make test    unit tests (swift test) and integration tests (real binary, plugins, sockets)
+#   make test-sanitize   the unit tests and the integration suite under AddressSanitizer, the
+#                --threads tests under ThreadSanitizer (Tests/sanitize.sh); any report fails
 #   make bench   hello world beside nginx, kore, gunicorn and uWSGI, measured with wrk
 #   make install     srv, its Swift runtime, the gateway headers, pkg-config file and SDK
 #                    into $(DESTDIR)$(PREFIX) (default /usr/local); runs without a toolchain
@@ -27,7 +29,7 @@ SWIFTFLAGS   ?= -Xswiftc -enforce-exclusivity=unchecked $(SSE42)
 WORKERS      ?= 3
 BIND         ?= 127.0.0.1:8000
 
-.PHONY: all deps build examples test-plugins blog test unit-test integration-test run bench clean \
+.PHONY: all deps build examples test-plugins blog test unit-test integration-test test-sanitize run bench clean \
         install uninstall
 
 all: build examples
@@ -59,6 +61,11 @@ integration-test: build blog examples test-plugins
 		Tests/integration/run.sh
 
 test: unit-test integration-test
+
+test-sanitize: blog examples test-plugins
+	@Tests/deps.sh test
+	SWIFT=$(SWIFT) SWIFTFLAGS="$(SWIFTFLAGS)" PLUGINS=$(CURDIR)/$(PLUGINS) BLOG_SO=$(CURDIR)/$(BUILD)/libblog.so \
+		Tests/sanitize.sh
 
 ## Serves the blog example: a Swift plugin with SQLite, several workers.
 run: build blog

@@ -8,7 +8,8 @@
 # the tree and its build products are copied to a directory it can read first.
 #
 # Environment: SRV_BIN, PLUGINS, BLOG_SO (as the Makefile sets them), PYTEST_ARGS (extra
-# pytest arguments, for example "-k nginx").
+# pytest arguments, for example "-k nginx"), ASAN_OPTIONS and TSAN_OPTIONS (passed to the
+# user's tests: make test-sanitize).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -53,6 +54,7 @@ echo "run.sh: integration tests as the unprivileged user '$user' ($(id -u "$user
 cd "$tree"
 runuser -u "$user" -- env -i PATH="$user_path" HOME="$home" LANG=C.UTF-8 \
   SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" SRV_TEST_ROOT_PHASE=0 \
+  ASAN_OPTIONS="${ASAN_OPTIONS:-}" TSAN_OPTIONS="${TSAN_OPTIONS:-}" \
   "${pytest[@]}" -m "not root" "${extra[@]}" "$tree/Tests/integration" || status=$?
 echo "run.sh: the tests that need root, as root"
 rc=0
