@@ -6,6 +6,7 @@ Makefiles build plugins into (default: build/plugins). `make test` sets both.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,22 @@ def plugin(name):
     return path
 
 
+def wait_until(predicate, timeout=30, interval=0.05, message="the condition"):
+    """Polls predicate() until it returns something true, and returns that; fails naming
+    `message` (a string, or a callable giving one, e.g. the log) after `timeout` seconds.
+    Deadlines are generous on purpose: the suite counts and waits for states, it does not
+    time, and a loaded 2-core machine may take seconds for what usually takes milliseconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
+        time.sleep(interval)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,11 +69,13 @@ class Server:
     """A running srv master with its workers, on a free port, logging to a file."""
 
     def __init__(self, args, workers=1, env=None, bind=None, wait=True, tmp=None, port=None,
-                 wrapper=None, popen_kw=None):
+                 wrapper=None, popen_kw=None, remove_tmp=None):
         """workers=None leaves -w out (the config file or SRV_CMD_ARGS decides); port names
         the TCP port wait_ready probes when `bind` is given; wrapper is a command srv's
         command line is appended to (it must exec srv, so the pid stays the master's);
-        popen_kw goes to Popen as is (pass_fds for socket activation)."""
+        popen_kw goes to Popen as is (pass_fds for socket activation). remove_tmp() removes
+        the directory for files (`tmp`) when this made it, or when remove_tmp=True."""
+        self.own_tmp = tmp is None if remove_tmp is None else remove_tmp
         self.tmp = tmp or tempfile.mkdtemp(prefix="srv-test-")
         self.port = port or free_port()
         self.bind = bind or f"127.0.0.1:{self.port}"
@@ -73,28 +92,44 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
                                      start_new_session=True, **(popen_kw or {}))
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                # Not handed to a pool yet: nothing else would stop it or remove its files.
+                self.stop()
+                self.remove_tmp()
+                raise
 
-    def wait_ready(self, timeout=30):
+    def ready_pattern(self):
+        """The master's own line for its first generation: `generation N ready: ...`, logged by
+        this pid (N is 1 unless a HUP replaced the booting generation). Neither a worker's
+        debug line (`worker P of generation N ready`) nor another master's line in the same
+        file (a USR2 re-exec) nor any other "ready" (`did not report ready within`) matches."""
+        return rf"\[{self.proc.pid}\] \[\w+\] generation \d+ ready: "
+
+    def wait_ready(self, timeout=30, probe=True):
+        """Waits for the first generation's line in the log and (unless probe is False, or
+        srv listens on a Unix socket) for the TCP port to accept; fails if srv exits."""
         deadline = time.time() + timeout
+        pattern = self.ready_pattern()
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"srv exited with {self.proc.returncode}:\n{self.read_log()}")
-            if "ready" in self.read_log():
+            if re.search(pattern, self.read_log()):
                 try:
-                    if not self.bind.startswith("unix:"):
+                    if probe and not self.bind.startswith("unix:"):
                         socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return
                 except OSError:
                     pass
             time.sleep(0.05)
-        raise AssertionError(f"srv did not become ready:\n{self.read_log()}")
+        raise AssertionError(f"srv did not become ready (no line matching {pattern!r}):\n{self.read_log()}")
 
     def read_log(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
-    def wait_log(self, pattern, timeout=10, since=0):
+    def wait_log(self, pattern, timeout=30, since=0):
         """Waits until the log (from byte offset `since`) matches `pattern`; returns the match."""
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -124,8 +159,14 @@ class Server:
                 self.proc.wait()
         self.log.close()
 
+    def remove_tmp(self):
+        """Removes the directory __init__ made (its log with it); stop() keeps it, since
+        tests read the log after stopping. Some files may belong to another user."""
+        if self.own_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
-def status(server, as_json=True, timeout=5):
+
+def status(server, as_json=True, timeout=20):
     """`srv status --status-file F [--json]`, retried for a moment (the master writes the
     file twice a second, so right after "ready" it may not exist yet)."""
     cmd = [SRV, "status", "--status-file", server.status_path] + (["--json"] if as_json else [])
@@ -149,8 +190,12 @@ def server_pool():
         return s
 
     def stop_all():
-        for s in started:
-            s.stop()
+        try:
+            for s in started:
+                s.stop()
+        finally:
+            for s in started:
+                s.remove_tmp()
 
     return start, stop_all
 

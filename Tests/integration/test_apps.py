@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import Conn, plugin, request, status
+from conftest import Conn, plugin, request, status, wait_until
 
 HELLO = b"Hello, World!\n"
 CONF1 = b"conformance 1.0.0\n"
@@ -26,10 +26,11 @@ CONF2 = b"conformance 2.0.0\n"
 
 # --- helpers ------------------------------------------------------------------------------
 
-def apps_dir(**apps):
-    """A fresh directory with DIR/<file> copied from plugin(<name>) for each file=name;
-    file names are given without '.so' ("libalpha" -> libalpha.so)."""
-    d = tempfile.mkdtemp(prefix="srv-apps-")
+def apps_dir(base, **apps):
+    """A fresh directory under `base` (the test's tmp_path, which pytest removes) with
+    DIR/<file> copied from plugin(<name>) for each file=name; file names are given without
+    '.so' ("libalpha" -> libalpha.so)."""
+    d = tempfile.mkdtemp(prefix="apps-", dir=base)
     for file, name in apps.items():
         shutil.copyfile(plugin(name), os.path.join(d, f"{file}.so"))
     return d
@@ -56,7 +57,16 @@ def environ(port, path):
 
 
 
-def status_at(server, generation, timeout=5):
+def read_status(server):
+    """The status file as the master last wrote it, or None (not written yet)."""
+    try:
+        with open(server.status_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def status_at(server, generation, timeout=20):
     """The JSON status once the master reports `generation` as current (it writes the
     file twice a second)."""
     deadline = time.time() + timeout
@@ -73,7 +83,7 @@ def hashes(st):
     return {a["mount"]: a["hash"] for a in st["apps"]}
 
 
-def hup(server, generation, timeout=20):
+def hup(server, generation, timeout=30):
     """Sends HUP and waits for `generation N ready`; returns the log written since."""
     since = len(server.read_log())
     server.signal(signal.SIGHUP)
@@ -89,8 +99,8 @@ def assert_plain_404(r):
 
 # --- mounting -----------------------------------------------------------------------------
 
-def test_apps_dir_mounts_every_file_at_its_name(serve):
-    d = apps_dir(libalpha="conformance", libbeta="hello", gamma="conformance2")
+def test_apps_dir_mounts_every_file_at_its_name(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="hello", gamma="conformance2")
     with open(os.path.join(d, "README.txt"), "w") as f:
         f.write("not an application\n")
     s = serve(["--apps-dir", d], workers=2)
@@ -125,8 +135,8 @@ def test_apps_dir_mounts_every_file_at_its_name(serve):
                    for line in app_lines), (a, text)
 
 
-def test_unknown_paths_get_a_plain_404_that_reveals_nothing(serve):
-    d = apps_dir(libalpha="conformance", libsecretapp="hello")
+def test_unknown_paths_get_a_plain_404_that_reveals_nothing(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libsecretapp="hello")
     s = serve(["--apps-dir", d])
     for path in ["/", "/nope", "/alph", "/alphabet", "/alpha.so", "/libalpha", "/secret",
                  "/nope/alpha/environ", "/%61lpha-x"]:
@@ -158,8 +168,8 @@ def test_explicit_mounts_longest_prefix_wins(serve):
     assert mounts == {"/", "/api", "/api/v2"}
 
 
-def test_app_at_root_next_to_an_apps_dir(serve):
-    d = apps_dir(libalpha="conformance")
+def test_app_at_root_next_to_an_apps_dir(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance")
     s = serve(["--app", plugin("conformance2"), "--apps-dir", d])
     env = environ(s.port, "/alpha/environ")
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/alpha", "/environ")
@@ -172,8 +182,8 @@ def test_app_at_root_next_to_an_apps_dir(serve):
 
 # --- HUP re-scans the directory -----------------------------------------------------------
 
-def test_hup_mounts_new_unmounts_removed_reloads_changed_keeps_unchanged(serve):
-    d = apps_dir(libalpha="conformance", libbeta="conformance", libdelta="conformance")
+def test_hup_mounts_new_unmounts_removed_reloads_changed_keeps_unchanged(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="conformance", libdelta="conformance")
     s = serve(["--apps-dir", d], workers=2)
     before = hashes(status_at(s, 1))
     assert set(before) == {"/alpha", "/beta", "/delta"}
@@ -201,8 +211,8 @@ def test_hup_mounts_new_unmounts_removed_reloads_changed_keeps_unchanged(serve):
     assert after["/alpha"] != before["/alpha"]
 
 
-def test_empty_apps_dir_then_an_app_appears(serve):
-    d = apps_dir()
+def test_empty_apps_dir_then_an_app_appears(serve, tmp_path):
+    d = apps_dir(tmp_path)
     s = serve(["--apps-dir", d])
     assert_plain_404(get(s.port, "/alpha/"))
     put(d, "libalpha", "conformance")
@@ -211,8 +221,8 @@ def test_empty_apps_dir_then_an_app_appears(serve):
 
 
 @pytest.mark.parametrize("broken", ["badmagic", "undefined", "loadfail"])
-def test_a_broken_new_app_does_not_block_the_others(serve, broken):
-    d = apps_dir(libalpha="conformance", libbeta="hello")
+def test_a_broken_new_app_does_not_block_the_others(serve, broken, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="hello")
     s = serve(["--apps-dir", d], workers=2)
     put(d, "libbroken", broken)
     put(d, "libbeta", "conformance2")  # updated in the same reload
@@ -244,17 +254,17 @@ def test_a_broken_new_app_does_not_block_the_others(serve, broken):
     assert body(s.port, "/beta/") == (200, CONF2)
 
 
-def test_broken_app_named_in_log_with_magic(serve):
+def test_broken_app_named_in_log_with_magic(serve, tmp_path):
     """The brief's wording: the log says why, mentioning "broken" and "magic"."""
-    d = apps_dir(libalpha="conformance")
+    d = apps_dir(tmp_path, libalpha="conformance")
     s = serve(["--apps-dir", d])
     put(d, "libbroken", "badmagic")
     log = hup(s, 2)
     assert re.search(r"broken.*magic", log), log
 
 
-def test_broken_apps_at_startup_do_not_stop_the_others(serve):
-    d = apps_dir(libalpha="conformance", libbroken="badmagic", libctor="ctorcrash",
+def test_broken_apps_at_startup_do_not_stop_the_others(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbroken="badmagic", libctor="ctorcrash",
                  liblcrash="loadcrash", libhang="loadhang", libund="undefined")
     s = serve(["--apps-dir", d, "--boot-timeout", "1.5"], workers=2)
     assert body(s.port, "/alpha/") == (200, CONF1)
@@ -273,29 +283,32 @@ def test_broken_apps_at_startup_do_not_stop_the_others(serve):
         assert re.search(rf"ERROR\] app {mount}: .*not mounted", log), (mount, log)
 
 
-def test_each_app_runs_its_unload_hook_when_its_workers_retire(serve):
-    unload_file = os.path.join(tempfile.mkdtemp(prefix="srv-unload-"), "unloads")
-    d = apps_dir(libalpha="conformance", libbeta="conformance")
+def test_each_app_runs_its_unload_hook_when_its_workers_retire(serve, tmp_path):
+    unload_file = str(tmp_path / "unloads")
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="conformance")
     s = serve(["--apps-dir", d], workers=2, env={"SRV_CONFORMANCE_UNLOAD_FILE": unload_file})
     old = s.worker_pids()
     os.unlink(os.path.join(d, "libbeta.so"))
     hup(s, 2)
-    deadline = time.time() + 10
-    while time.time() < deadline and set(old) & set(s.worker_pids()):
-        time.sleep(0.1)
+    wait_until(lambda: not set(old) & set(s.worker_pids()), timeout=30,
+               message=lambda: f"the retired workers {old} to exit (have {s.worker_pids()})")
     with open(unload_file) as f:
         lines = sorted(f.read().split("\n")[:-1])
     # alpha and beta in each of the two retired workers
     assert lines == sorted(f"unload {pid}" for pid in old for _ in range(2)), lines
 
 
-def test_a_request_in_flight_to_a_removed_app_completes(serve):
-    d = apps_dir(libalpha="conformance", libbeta="hello")
+def test_a_request_in_flight_to_a_removed_app_completes(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="hello")
     s = serve(["--apps-dir", d], workers=1)
-    c = Conn(s.port)
+    c = Conn(s.port, timeout=60)
     try:
-        c.send("GET /alpha/sleep?ms=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        time.sleep(0.3)
+        # Long enough to outlast the reload below even on a loaded machine; the HUP waits
+        # until the status shows the request in a worker (not a fixed sleep).
+        c.send("GET /alpha/sleep?ms=4000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_until(lambda: any((w.get("currentRequest") or "").startswith("GET /alpha/sleep")
+                               for w in (read_status(s) or {}).get("workers", [])),
+                   timeout=30, message=lambda: f"the request in flight in the status: {read_status(s)}")
         os.unlink(os.path.join(d, "libalpha.so"))
         hup(s, 2)
         assert_plain_404(get(s.port, "/alpha/"))
@@ -307,8 +320,8 @@ def test_a_request_in_flight_to_a_removed_app_completes(serve):
 
 
 @pytest.mark.parametrize("broken", ["badmagic", "loadfail"])
-def test_a_broken_replacement_keeps_the_previous_build(serve, broken):
-    d = apps_dir(libalpha="conformance", libbeta="hello")
+def test_a_broken_replacement_keeps_the_previous_build(serve, broken, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="hello")
     s = serve(["--apps-dir", d], workers=2)
     before = hashes(status_at(s, 1))
     put(d, "libalpha", broken)
@@ -341,35 +354,40 @@ def ready_generations(log):
     return [int(g) for g in re.findall(r"generation (\d+) ready", log)]
 
 
-def test_reload_picks_up_new_changed_and_removed_files(serve):
-    d = apps_dir(libalpha="conformance")
+def test_reload_picks_up_new_changed_and_removed_files(serve, tmp_path):
+    d = apps_dir(tmp_path, libalpha="conformance")
     s = serve(["--apps-dir", d, "--reload", "--reload-delay", "0.5"], workers=2)
     since = len(s.read_log())
 
     put(d, "libbeta", "hello")
-    s.wait_log(r"generation 2 ready", timeout=10, since=since)
+    s.wait_log(r"generation 2 ready", timeout=30, since=since)
     assert body(s.port, "/beta/") == (200, HELLO)
 
     put(d, "libalpha", "conformance2")
-    s.wait_log(r"generation 3 ready", timeout=10, since=since)
+    s.wait_log(r"generation 3 ready", timeout=30, since=since)
     assert body(s.port, "/alpha/") == (200, CONF2)
 
     os.unlink(os.path.join(d, "libbeta.so"))
-    s.wait_log(r"generation 4 ready", timeout=10, since=since)
+    s.wait_log(r"generation 4 ready", timeout=30, since=since)
     assert_plain_404(get(s.port, "/beta/"))
     assert body(s.port, "/alpha/") == (200, CONF2)
     assert reloads(s.read_log()[since:]) == 3
 
 
-def test_reload_waits_until_the_file_stops_changing(serve):
-    d = apps_dir(libalpha="conformance")
-    s = serve(["--apps-dir", d, "--reload", "--reload-delay", "0.5"])
+def test_reload_waits_until_the_file_stops_changing(serve, tmp_path):
+    # The delay is 2 s, ten times the 0.2 s between writes, so that a loaded machine that
+    # stretches a pause does not make a quiet moment; the writes last 3 s in all, longer
+    # than the delay, so a delay counted from the first change (not the last) would reload
+    # a half-written file.
+    delay = 2.0
+    d = apps_dir(tmp_path, libalpha="conformance")
+    s = serve(["--apps-dir", d, "--reload", "--reload-delay", str(delay)])
     since = len(s.read_log())
     with open(plugin("conformance2"), "rb") as f:
         data = f.read()
-    # Write libgamma.so slowly: 8 pieces, 0.2 s apart (under the 0.5 s delay), 1.4 s in all.
+    # Write libgamma.so slowly: 16 pieces, 0.2 s apart (under the delay), 3 s in all.
     path = os.path.join(d, "libgamma.so")
-    pieces = 8
+    pieces = 16
     step = len(data) // pieces + 1
     with open(path, "wb") as f:
         for i in range(pieces):
@@ -378,43 +396,55 @@ def test_reload_waits_until_the_file_stops_changing(serve):
             os.fsync(f.fileno())
             time.sleep(0.2)
             assert reloads(s.read_log()[since:]) == 0, "reloaded while the file was still changing"
-    s.wait_log(r"generation 2 ready", timeout=10, since=since)
+    s.wait_log(r"generation 2 ready", timeout=30, since=since)
     assert body(s.port, "/gamma/") == (200, CONF2)
-    time.sleep(1.0)
+    # No second reload trails behind. A negative check, so a window: any change that could
+    # start one was seen before generation 2 was ready, and its reload would be due
+    # `delay` after it; one more second covers the master's loop.
+    time.sleep(delay + 1.0)
     log = s.read_log()[since:]
     assert reloads(log) == 1, log
     assert "not mounted" not in log, log  # never saw a half-written file
 
 
-def test_reload_ignores_temporary_names_until_renamed(serve):
+def test_reload_ignores_temporary_names_until_renamed(serve, tmp_path):
     # The atomic deploy: copy to a name that is not an application, then rename.
-    d = apps_dir(libalpha="conformance")
+    d = apps_dir(tmp_path, libalpha="conformance")
     s = serve(["--apps-dir", d, "--reload", "--reload-delay", "0.5"])
     since = len(s.read_log())
     tmp = os.path.join(d, ".libgamma.so.part")
     shutil.copyfile(plugin("conformance2"), tmp)
+    # A negative check, so a window: a reload the copy started would be due 0.5 s after it
+    # (the delay); 1.2 s covers that, and the count after the rename (exactly 1) would
+    # catch one that came later.
     time.sleep(1.2)
     assert reloads(s.read_log()[since:]) == 0, s.read_log()[since:]
     assert_plain_404(get(s.port, "/gamma/"))
     os.rename(tmp, os.path.join(d, "libgamma.so"))
-    s.wait_log(r"generation 2 ready", timeout=10, since=since)
+    s.wait_log(r"generation 2 ready", timeout=30, since=since)
     assert body(s.port, "/gamma/") == (200, CONF2)
-    time.sleep(0.8)
+    # Window: every change was seen before generation 2 was ready; a trailing reload would
+    # be due 0.5 s after its change.
+    time.sleep(1.5)
     assert reloads(s.read_log()[since:]) == 1, s.read_log()[since:]
 
 
-def test_a_burst_of_changes_makes_one_reload(serve):
-    d = apps_dir(libalpha="conformance")
-    s = serve(["--apps-dir", d, "--reload", "--reload-delay", "0.5"], workers=2)
+def test_a_burst_of_changes_makes_one_reload(serve, tmp_path):
+    # A 2 s delay: the three copies are a burst even when a loaded machine spaces them out.
+    delay = 2.0
+    d = apps_dir(tmp_path, libalpha="conformance")
+    s = serve(["--apps-dir", d, "--reload", "--reload-delay", str(delay)], workers=2)
     since = len(s.read_log())
     put(d, "libbeta", "hello")
     put(d, "libgamma", "conformance2")
     put(d, "libdelta", "conformance")
-    s.wait_log(r"generation 2 ready", timeout=10, since=since)
+    s.wait_log(r"generation 2 ready", timeout=30, since=since)
     assert body(s.port, "/beta/") == (200, HELLO)
     assert body(s.port, "/gamma/") == (200, CONF2)
     assert body(s.port, "/delta/") == (200, CONF1)
-    time.sleep(1.5)  # no second reload trails behind
+    # No second reload trails behind. A negative check, so a window: every change was seen
+    # before generation 2 was ready, and a reload it started would be due `delay` after it.
+    time.sleep(delay + 1.0)
     log = s.read_log()[since:]
     assert reloads(log) == 1, log
     assert len(re.findall(r"reload: booting generation", log)) == 1, log
@@ -423,15 +453,15 @@ def test_a_burst_of_changes_makes_one_reload(serve):
 
 # --- each mount runs its own load hook ----------------------------------------------------
 
-def test_each_mount_runs_its_own_load_hook_in_every_worker(serve):
+def test_each_mount_runs_its_own_load_hook_in_every_worker(serve, tmp_path):
     # Two copies of the same .so: each must still be its own application with its own
     # state, loaded with its own mount in each worker.
-    d = apps_dir(libalpha="conformance", libbeta="conformance")
+    d = apps_dir(tmp_path, libalpha="conformance", libbeta="conformance")
     s = serve(["--apps-dir", d], workers=2)
     workers = set(s.worker_pids())
     assert len(workers) == 2
     seen = {"/alpha": set(), "/beta": set()}
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while time.time() < deadline and not all(v == workers for v in seen.values()):
         for mount in seen:
             c = Conn(s.port)

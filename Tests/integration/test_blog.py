@@ -21,13 +21,14 @@ STATIC_DIR = os.path.join(ROOT, "Examples", "blog", "static")
 
 
 @pytest.fixture
-def blog(serve):
-    """A blog on 3 workers with its own data directory; returns the Server."""
+def blog(serve, tmp_path):
+    """A blog on 3 workers with its own data directory (under the test's tmp_path, which
+    pytest removes); returns the Server."""
     if not os.path.exists(BLOG_SO):
         pytest.fail(f"{BLOG_SO} missing: build the blog (swift build -c release --product blog)")
 
     def start(workers=3, extra_args=(), data_dir=None, app_args=None):
-        data = data_dir or tempfile.mkdtemp(prefix="srv-blog-data-")
+        data = data_dir or tempfile.mkdtemp(prefix="data-", dir=tmp_path)
         s = serve((app_args or ["--app", BLOG_SO]) + list(extra_args), workers=workers,
                   env={"BLOG_DATA_DIR": data, "BLOG_STATIC_DIR": STATIC_DIR})
         s.data_dir = data
@@ -289,9 +290,8 @@ def test_stylesheet_is_served(blog):
 
 # --- concurrency and reloads ----------------------------------------------------------------
 
-def test_concurrent_posts_through_several_workers_are_all_kept(blog):
-    tmp = tempfile.mkdtemp(prefix="srv-blog-")
-    access = os.path.join(tmp, "access.log")
+def test_concurrent_posts_through_several_workers_are_all_kept(blog, tmp_path):
+    access = str(tmp_path / "access.log")
     s = blog(workers=3, extra_args=["--access-logfile", access,
                                     "--access-logformat", "%(p)s %(m)s %(U)s %(s)s"])
     threads, per_thread = 8, 10
@@ -345,7 +345,7 @@ def test_posts_survive_a_hup_reload(blog):
 
     since = len(s.read_log())
     s.signal(signal.SIGHUP)
-    s.wait_log(r"generation 2 ready", timeout=20, since=since)
+    s.wait_log(r"generation 2 ready", timeout=30, since=since)
 
     assert [p["id"] for p in api_posts(s.port)] == [post_id]
     page = request(s.port, "GET", f"/posts/{post_id}")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SRV, Conn, free_port, plugin, request, unprivileged_user
+from conftest import SRV, Conn, free_port, plugin, request, unprivileged_user, wait_until
 
 
 def srv(*args, env=None, timeout=60):
@@ -272,20 +272,19 @@ def test_master_binds_a_low_port_and_workers_run_as_the_user(serve, tmp_path):
     user = pwd.getpwnam(unprivileged_user())
     port = low_port()
     # The workers read the snapshots, so the directories above them must let the user in
-    # (pytest's own tmp_path lives in a root-only directory).
+    # (pytest's own tmp_path lives in a root-only directory); `serve` removes it after
+    # stopping the server (remove_tmp=True).
     tmp = tempfile.mkdtemp(prefix="srv-root-test-")
     os.chmod(tmp, 0o755)
     access = pathlib.Path(tmp) / "access.log"
     s = serve(["--app", plugin("conformance"), "-u", user.pw_name, "--access-logfile", str(access)],
-              bind=f"127.0.0.1:{port}", port=port, tmp=tmp)
+              bind=f"127.0.0.1:{port}", port=port, tmp=tmp, remove_tmp=True)
     assert request(port, path="/environ").status == 200
     assert ids_of(s.proc.pid)[0] == 0
     for w in s.worker_pids():
         assert ids_of(w) == (user.pw_uid, user.pw_gid)
-    deadline = time.time() + 10
-    while time.time() < deadline and not access.read_text():
-        time.sleep(0.1)
-    assert "GET /environ" in access.read_text(), "the worker, as the user, writes the access log"
+    wait_until(lambda: access.exists() and "GET /environ" in access.read_text(), timeout=30,
+               message="the worker, as the user, writes the access log")
     assert os.stat(access).st_uid == user.pw_uid
 
 
@@ -318,16 +317,17 @@ def test_a_connection_srv_cannot_set_up_is_logged_as_a_warning(tmp_path):
                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit)
     conns = []
     try:
-        deadline = time.time() + 30
-        while "ready" not in (tmp_path / "log").read_text() and time.time() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: p.poll() is not None or re.search(rf"\[{p.pid}\] \[\w+\] generation \d+ ready: ",
+                                                              (tmp_path / "log").read_text()),
+                   timeout=30, message=lambda: f"the first generation to be ready:\n{(tmp_path / 'log').read_text()}")
+        assert p.poll() is None, (tmp_path / "log").read_text()
         assert "64 open files per process" in (tmp_path / "log").read_text()
         for _ in range(100):
             try:
                 conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             except OSError:
                 break
-        deadline = time.time() + 20
+        deadline = time.time() + 30
         while time.time() < deadline and "cannot set up a new connection" not in (tmp_path / "log").read_text():
             time.sleep(0.1)
         text = (tmp_path / "log").read_text()

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -343,7 +342,7 @@ def test_on_a_unix_socket_the_addresses_and_ports_are_empty(serve):
     path = f"/tmp/srv-test-{os.getpid()}-{free_port()}.sock"
     try:
         serve(["--app", plugin("conformance")], bind=f"unix:{path}")
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while not os.path.exists(path) and time.time() < deadline:
             time.sleep(0.05)
         env = environ_json(unix=path)
@@ -545,22 +544,21 @@ def test_an_app_refused_at_startup_stops_the_master(how, name, reason, signal):
         assert "ready" not in log, log
     finally:
         s.stop()
+        s.remove_tmp()
 
 
-def test_with_apps_dir_an_app_that_crashes_while_loading_leaves_the_others_serving(serve):
+def test_with_apps_dir_an_app_that_crashes_while_loading_leaves_the_others_serving(serve, tmp_path):
     """"An application found by --apps-dir that srv refuses is logged and not mounted; the
     others are served"."""
-    d = tempfile.mkdtemp(prefix="srv-apps-")
-    try:
-        for name in ("conformance", "loadcrash"):
-            shutil.copy(plugin(name), os.path.join(d, f"lib{name}.so"))
-        s = serve(["--apps-dir", d])
-        s.wait_log(r"libloadcrash\.so: .*SIGSEGV.*\(not mounted\)")
-        assert request(s.port, path="/conformance/").body == b"conformance 1.0.0\n"
-        assert request(s.port, path="/loadcrash/").status == 404
-        assert s.proc.poll() is None
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    d = tmp_path / "apps"
+    d.mkdir()
+    for name in ("conformance", "loadcrash"):
+        shutil.copy(plugin(name), d / f"lib{name}.so")
+    s = serve(["--apps-dir", str(d)])
+    s.wait_log(r"libloadcrash\.so: .*SIGSEGV.*\(not mounted\)", timeout=30)
+    assert request(s.port, path="/conformance/").body == b"conformance 1.0.0\n"
+    assert request(s.port, path="/loadcrash/").status == 404
+    assert s.proc.poll() is None
 
 
 def test_a_request_that_crashes_a_booting_worker_does_not_stop_the_master():
@@ -594,3 +592,4 @@ def test_a_request_that_crashes_a_booting_worker_does_not_stop_the_master():
         assert "failed to boot" not in s.read_log(), s.read_log()
     finally:
         s.stop()
+        s.remove_tmp()

@@ -37,7 +37,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SRV, Conn, free_port, plugin, request, status
+from conftest import ROOT, SRV, Conn, free_port, plugin, request, status, wait_until
 
 SPEC_PATH = os.path.join(ROOT, "PluginSDK", "GATEWAY.md")
 HEADER_DIR = os.path.join(ROOT, "PluginSDK", "C", "include")
@@ -268,7 +268,7 @@ def inline(work, module_servers):
         args += ["-b", f"[::1]:{port6}"]
     s = module_servers(args, workers=1)
     s.unix, s.access, s.port6 = sock, access, port6
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while not os.path.exists(sock) and time.time() < deadline:
         time.sleep(0.05)
     return s
@@ -909,7 +909,7 @@ def check_srv_request_id(inline, multi):
     inline.wait_log(rf"broke rule 'start_response called twice' on GET /error/twice \(request {re.escape(rid)}\)",
                     since=mark)
     own = environ_of(inline.port)["extensions"]["srv.request_id"]
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while time.time() < deadline:
         with open(inline.access) as f:
             last_fields = [line.split()[-1] for line in f.read().splitlines() if line.strip()]
@@ -941,7 +941,7 @@ def check_srv_generation(reloaded):
     g1, g2 = reloaded["before"]["extensions"]["srv.generation"], reloaded["after"]["extensions"]["srv.generation"]
     assert re.fullmatch(r"\d+", g1) and re.fullmatch(r"\d+", g2), (g1, g2)
     assert int(g2) > int(g1), (g1, g2)
-    deadline = time.time() + 20  # the previous generation's worker may still be draining
+    deadline = time.time() + 30  # the previous generation's worker may still be draining
     while request(reloaded["server"].port, path="/").body != b"conformance 2.0.0\n" and time.time() < deadline:
         time.sleep(0.2)
     assert request(reloaded["server"].port, path="/").body == b"conformance 2.0.0\n"
@@ -1030,7 +1030,7 @@ def check_body_ctx(inline):
 
 def conformance_closes(server, prefix=""):
     """(set, closed) of conformance's /closes once every earlier body is closed."""
-    deadline = time.time() + 20
+    deadline = time.time() + 30
     while True:
         words = request(server.port, path=f"{prefix}/closes").body.split()
         got = (int(words[1]), int(words[3]))
@@ -1538,8 +1538,11 @@ def check_next_close_thread(threads):
     request(threads.port, path="/t/?op=reset")
     a = socket.create_connection(("127.0.0.1", threads.port), timeout=30)
     try:
-        a.sendall(b"GET /t/?op=sleep&ms=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        time.sleep(0.3)
+        a.sendall(b"GET /t/?op=sleep&ms=5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # The sleep is running once a stats request beside it (the reset made the maximum
+        # 1) counts two calls at once.
+        wait_until(lambda: tables_json(threads)["max_concurrent"] >= 2, timeout=30,
+                   message="the sleeping request to be in srv_gateway_app")
         r = request(threads.port, path="/t/z?op=iter-environ&n=200&pad=2048", headers={"X-Tag": "during"})
         lines, _ = iter_environ_lines(r.body, "op=iter-environ&n=200&pad=2048", "/z", "during", b"")
         assert len(lines) == 200

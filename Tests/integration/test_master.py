@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import SRV, Conn, Server, free_port, plugin, request
+from conftest import SRV, Conn, Server, free_port, plugin, request, wait_until
 
 V1 = b"conformance 1.0.0\n"
 V2 = b"conformance 2.0.0\n"
@@ -153,14 +153,16 @@ def _closed_by_peer(conn):
         return True
 
 
-def wait_for(predicate, timeout=10, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def wait_for(predicate, timeout=30, interval=0.02, what="condition"):
+    """conftest.wait_until, with this module's names for its arguments."""
+    return wait_until(predicate, timeout=timeout, interval=interval, message=what)
+
+
+def more_traffic(load, n, what="traffic"):
+    """Waits until `load` has answered `n` more requests: the load ran, counted, for a while
+    (instead of a fixed sleep)."""
+    target = load.ok + n
+    wait_for(lambda: load.ok >= target, timeout=30, what=lambda: f"{n} more requests of {what}: {load.summary()}")
 
 
 def get(port, path="/"):
@@ -197,7 +199,7 @@ def srv_status(s, *extra):
                           capture_output=True, text=True, timeout=10)
 
 
-def wait_workers(s, n, timeout=10):
+def wait_workers(s, n, timeout=30):
     return wait_for(lambda: len(s.worker_pids()) == n and s.worker_pids(), timeout=timeout,
                     what=f"{n} worker(s) (have {s.worker_pids()})")
 
@@ -244,19 +246,19 @@ def test_hup_reloads_under_load_alternating_builds(serve, app_path):
     latencies = []
     builds = [("conformance2", V2), ("conformance", V1)]
     with Load(s.port, conns=48, fresh=4, expect=versions) as load:
-        time.sleep(0.5)
+        more_traffic(load, 50, "the load before the first HUP")
         for i in range(20):
             name, want = builds[i % 2]
             copy_in_place(plugin(name), app_path)
             since = log_offset(s)
             t0 = time.monotonic()
             s.signal(signal.SIGHUP)
-            wait_for(lambda: body_of(s.port) == want, timeout=10, interval=0.01,
+            wait_for(lambda: body_of(s.port) == want, timeout=30, interval=0.01,
                      what=f"reload {i + 1} to answer {want!r}")
             latencies.append(time.monotonic() - t0)
             # The next HUP once this generation is promoted (a sequence of reloads).
-            s.wait_log(rf"generation {i + 2} ready", since=since, timeout=10)
-        time.sleep(0.5)
+            s.wait_log(rf"generation {i + 2} ready", since=since, timeout=30)
+        more_traffic(load, 100, "the load after the last reload")
     problems = []
     if s.proc.poll() is not None:
         problems.append(f"the master exited with {s.proc.returncode}")
@@ -264,9 +266,12 @@ def test_hup_reloads_under_load_alternating_builds(serve, app_path):
         problems.append(f"failed requests: {load.summary()}")
     if load.ok < 500 or not load.bodies.get(V1) or not load.bodies.get(V2):
         problems.append(f"too little traffic or a build never answered: {load.summary()}")
-    slow = [f"reload {i + 1}: {t:.3f} s" for i, t in enumerate(latencies) if t > 1.0]
+    # A reload starts the new generation beside the old one at once: its answer comes in
+    # the time a worker takes to boot, not after the old generation's --graceful-timeout
+    # (10 s). 5 s leaves a loaded machine room and still tells them apart.
+    slow = [f"reload {i + 1}: {t:.3f} s" for i, t in enumerate(latencies) if t > 5.0]
     if slow:
-        problems.append(f"the new build answered later than 1 s after HUP: {slow}")
+        problems.append(f"the new build answered later than 5 s after HUP: {slow}")
     log = s.read_log()
     for bad in ("reload failed", "died with"):
         if bad in log:
@@ -283,14 +288,14 @@ def test_hup_while_the_previous_reload_is_booting(serve, app_path):
     s = serve(["--app", app_path, "--threads", "4"], workers=3)
     with Load(s.port, conns=16, fresh=0, path="/sleep?ms=30", expect=lambda b: b == b"slept 30\n",
               pause=0) as load:
-        time.sleep(0.3)
+        more_traffic(load, 20, "the load before the first HUP")
         for i in range(6):
             since = log_offset(s)
             s.signal(signal.SIGHUP)
-            time.sleep(0.004 + 0.004 * (i % 3))
+            time.sleep(0.004 + 0.004 * (i % 3))  # the second HUP while the first reload boots
             s.signal(signal.SIGHUP)
-            s.wait_log(r"generation \d+ ready \(", since=since, timeout=10)
-            time.sleep(0.3)
+            s.wait_log(r"generation \d+ ready \(", since=since, timeout=30)
+            more_traffic(load, 20, f"the load after reload {i + 1}")
     assert s.proc.poll() is None
     assert load.failures == [], load.summary()
     assert "died with" not in s.read_log(), s.read_log()
@@ -323,7 +328,7 @@ def test_hup_with_broken_builds_keeps_the_old_one_serving(serve, app_path):
             since = log_offset(s)
             s.signal(signal.SIGHUP)
             try:
-                m = s.wait_log(r"reload failed[^\n]*", since=since, timeout=8)
+                m = s.wait_log(r"reload failed[^\n]*", since=since, timeout=30)
             except AssertionError:
                 problems.append(f"{name}: no 'reload failed' line; log since HUP: "
                                 f"{s.read_log()[since:]!r}")
@@ -337,8 +342,8 @@ def test_hup_with_broken_builds_keeps_the_old_one_serving(serve, app_path):
         load.expect = versions
         copy_in_place(plugin("conformance2"), app_path)
         s.signal(signal.SIGHUP)
-        wait_for(lambda: body_of(s.port) == V2, timeout=10, what="the good build after the broken ones")
-        time.sleep(0.3)
+        wait_for(lambda: body_of(s.port) == V2, timeout=30, what="the good build after the broken ones")
+        more_traffic(load, 20, "the load after the good build")
     assert s.proc.poll() is None
     assert not problems, "\n".join(problems)
     assert load.failures == [], load.summary()
@@ -380,7 +385,9 @@ def test_segfaulting_route_kills_only_its_worker_which_is_replaced(serve):
     threads = [threading.Thread(target=slow, args=(c,)) for c in others]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    wait_for(lambda: any(w["pid"] == a and (w.get("currentRequest") or "").startswith("GET /sleep")
+                         for w in (read_status(s) or {}).get("workers", [])),
+             what=f"worker {a} to be in a /sleep request")
     since = log_offset(s)
     victim.send("GET /crash HTTP/1.1\r\nHost: x\r\n\r\n")
     t0 = time.monotonic()
@@ -388,16 +395,18 @@ def test_segfaulting_route_kills_only_its_worker_which_is_replaced(serve):
         r = victim.read_response()
         pytest.fail(f"/crash answered {r!r}")
     new = wait_for(lambda: (set(s.worker_pids()) - {a, b}) if b not in s.worker_pids() and
-                   len(s.worker_pids()) == 2 else None, timeout=5, interval=0.005,
+                   len(s.worker_pids()) == 2 else None, timeout=30, interval=0.005,
                    what="the crashed worker to be replaced")
     replaced_in = time.monotonic() - t0
-    m = s.wait_log(rf"worker {b} died with signal SIGSEGV[^\n]*", since=since, timeout=5)
+    m = s.wait_log(rf"worker {b} died with signal SIGSEGV[^\n]*", since=since, timeout=30)
     for t in threads:
         t.join(timeout=10)
     assert '"GET /crash' in m.group(0), m.group(0)
     assert "replacing it" in m.group(0), m.group(0)
     assert a in s.worker_pids() and len(new) == 1
-    assert replaced_in < 1.0, f"the worker was replaced after {replaced_in:.3f} s"
+    # At once, not after a boot-failure backoff (0.1 s doubling to 10 s) or a timeout; the
+    # log line above says "replacing it". 5 s leaves a loaded machine room.
+    assert replaced_in < 5.0, f"the worker was replaced after {replaced_in:.3f} s"
     assert results == [(200, b"slept 800\n")] * 3, f"requests on the other worker: {results}"
     # The other worker's connections are still usable.
     for c in others:
@@ -407,7 +416,7 @@ def test_segfaulting_route_kills_only_its_worker_which_is_replaced(serve):
     # New connections work, and the replacement takes its share.
     assert all(body_of(s.port) == V1 for _ in range(20))
     new_pid = new.pop()
-    wait_for(lambda: any(_counter_pid(s.port) == new_pid for _ in range(20)), timeout=5,
+    wait_for(lambda: any(_counter_pid(s.port) == new_pid for _ in range(20)), timeout=30,
              what="the replacement worker to serve")
 
 
@@ -433,12 +442,12 @@ def test_hanging_request_is_killed_after_timeout(serve):
         pytest.fail(f"the hanging request answered {r!r}")
     took = time.monotonic() - t0
     c.close()
-    m = s.wait_log(rf"worker {pid} timed out after[^\n]*", since=since, timeout=5)
+    m = s.wait_log(rf"worker {pid} timed out after[^\n]*", since=since, timeout=30)
     assert '"GET /sleep' in m.group(0), m.group(0)
     assert 1.9 <= took <= 8, f"the stuck worker was killed after {took:.1f} s (--timeout 2)"
-    new = wait_for(lambda: [p for p in s.worker_pids() if p != pid], timeout=5, what="a new worker")
+    new = wait_for(lambda: [p for p in s.worker_pids() if p != pid], timeout=30, what="a new worker")
     assert pid not in s.worker_pids()
-    wait_for(lambda: body_of(s.port) == V1, timeout=5, what="the replacement to serve")
+    wait_for(lambda: body_of(s.port) == V1, timeout=30, what="the replacement to serve")
     assert _counter_pid(s.port) == new[0]
 
 
@@ -464,16 +473,20 @@ def test_term_lets_in_flight_request_finish_then_exits_zero(serve):
     t.start()
     wait_for(lambda: any((w.get("currentRequest") or "").startswith("GET /sleep")
                          for w in (read_status(s) or {}).get("workers", [])),
-             timeout=5, what="the status to show the request in flight")
+             timeout=30, what="the status to show the request in flight")
+    workers = s.worker_pids()
     t_term = time.monotonic()
     s.signal(signal.SIGTERM)
     rc = s.proc.wait(timeout=15)
     exited = time.monotonic()
+    # The master exited after its workers (so after the one that answered the request),
+    # a state rather than the order of two clocks read by two threads.
+    running = [w for w in workers if pid_alive(w)]
     t.join(timeout=10)
     assert "error" not in result, f"{result}\n{s.read_log()}"
     assert result["response"][0] == 200, result
     assert rc == 0, s.read_log()
-    assert result["at"] <= exited + 0.1
+    assert not running, f"workers {running} still ran when the master had exited"
     assert exited - t_term < 8, f"the master took {exited - t_term:.1f} s to stop"
     assert "shutting down" in s.read_log()
 
@@ -481,16 +494,18 @@ def test_term_lets_in_flight_request_finish_then_exits_zero(serve):
 def test_term_right_after_a_client_hung_up_stops_promptly(serve):
     """A connection that opened and closed just before TERM must not hold the worker (and
     so the master) until --graceful-timeout: nothing is in flight."""
+    # A graceful timeout of 20 s and a bound of 10 s: a master that waited for the timeout
+    # fails, and a loaded machine has seconds to spare (it once was 3 s and 1.5 s).
     for attempt in range(12):
-        s = serve(["--app", plugin("conformance"), "--graceful-timeout", "3"], workers=1, wait=False)
+        s = serve(["--app", plugin("conformance"), "--graceful-timeout", "20"], workers=1, wait=False)
         s.wait_log(r"generation 1 ready")
         socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
         t0 = time.monotonic()
         s.signal(signal.SIGTERM)
-        assert s.proc.wait(timeout=15) == 0, s.read_log()
+        assert s.proc.wait(timeout=60) == 0, s.read_log()
         took = time.monotonic() - t0
-        assert took < 1.5, (f"attempt {attempt + 1}: the master took {took:.1f} s to stop an idle server "
-                            f"(--graceful-timeout 3):\n{s.read_log()}")
+        assert took < 10, (f"attempt {attempt + 1}: the master took {took:.1f} s to stop an idle server "
+                           f"(--graceful-timeout 20):\n{s.read_log()}")
         s.stop()
 
 
@@ -525,13 +540,13 @@ def test_usr1_reopens_log_files_after_rotation(serve, tmp_path):
         assert time.monotonic() < deadline and s.proc.poll() is None, s.read_log()
         time.sleep(0.05)
     assert request(s.port, path="/before").status == 404
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while b"/before" not in access.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.rename(access, tmp_path / "access.log.1")
     os.rename(errors, tmp_path / "error.log.1")
     s.signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         # Both workers must have reopened: every request lands in the new file.
         for _ in range(4):
@@ -553,12 +568,12 @@ def test_usr2_new_master_takes_over_under_load(serve):
     new = None
     try:
         with Load(s.port, conns=16, fresh=2, expect=lambda b: b == V1) as load:
-            time.sleep(0.5)
+            more_traffic(load, 50, "the load before USR2")
             s.signal(signal.SIGUSR2)
             new = wait_for(lambda: (read_pid(s.pid_path) or old) != old and read_pid(s.pid_path),
-                           timeout=15, what="a new pid in the pid file")
-            rc = s.proc.wait(timeout=20)
-            time.sleep(1.0)
+                           timeout=30, what="a new pid in the pid file")
+            rc = s.proc.wait(timeout=60)
+            more_traffic(load, 100, "the load after the old master exited")
         assert rc == 0, s.read_log()
         assert new != old and pid_alive(new), s.read_log()
         assert load.failures == [], load.summary()
@@ -568,14 +583,14 @@ def test_usr2_new_master_takes_over_under_load(serve):
         workers = subprocess.run(["pgrep", "-P", str(new)], capture_output=True, text=True).stdout.split()
         assert len(workers) == 2, workers
         status = wait_for(lambda: (read_status(s) or {}).get("masterPID") == new and read_status(s),
-                          timeout=5, what="the new master's status file")
+                          timeout=30, what="the new master's status file")
         assert len(status["workers"]) == 2
     finally:
         for pid in (new, old):
             if pid and pid_alive(pid):
                 os.kill(pid, signal.SIGINT)
         if new:
-            wait_for(lambda: not pid_alive(new), timeout=10, what="the new master to stop")
+            wait_for(lambda: not pid_alive(new), timeout=30, what="the new master to stop")
         try:
             os.killpg(old, signal.SIGKILL)
         except ProcessLookupError:
@@ -599,9 +614,13 @@ def test_ttin_ttou_change_the_worker_count(serve):
     wait_workers(s, 2)
     s.signal(signal.SIGTTOU)
     wait_workers(s, 1)
-    # Never below one worker.
+    # Never below one worker: the master logs the new target, 1 again.
+    since = log_offset(s)
     s.signal(signal.SIGTTOU)
-    time.sleep(0.7)
+    s.wait_log(r"TTOU: 1 worker\(s\)", since=since)
+    # A negative check, so a window: the master stops workers over a target on its next
+    # turns (it rewrites the status file twice a second); 1 s would see it start to.
+    time.sleep(1.0)
     assert len(s.worker_pids()) == 1
     assert body_of(s.port) == V1
     log = s.read_log()
@@ -630,8 +649,8 @@ def test_max_requests_recycles_workers_without_failures(serve):
     # One worker (-w 1); while a replacement boots, the retiring one serves on: never more than 2.
     assert max(counts_seen) <= 2, f"with -w 1 the master ran up to {max(counts_seen)} workers: {counts_seen}"
     assert len(pids) >= 4, f"{len(pids)} worker(s) served {load.ok} requests: {sorted(pids)}"
-    time.sleep(0.5)
-    assert len(s.worker_pids()) == 1, f"-w 1 but {len(s.worker_pids())} workers: {s.worker_pids()}"
+    # The last retiring worker may still be finishing: -w 1 is the state it ends in.
+    wait_workers(s, 1, timeout=30)
 
 
 # ---------------------------------------------------------------------------------------
@@ -661,7 +680,7 @@ def test_status_shows_generation_hash_and_workers(serve, app_path):
     h2 = sha256(plugin("conformance2"))
     raw = wait_for(lambda: (lambda st: st if st and st["generation"] == 2 and len(st["workers"]) == 2
                             and all(w["generation"] == 2 for w in st["workers"]) else None)(read_status(s)),
-                   timeout=10, what="generation 2 alone in the status")
+                   timeout=30, what="generation 2 alone in the status")
     assert raw["apps"][0]["hash"] == h2
     text = srv_status(s).stdout
     assert re.search(r"^generation 2\b", text, re.M), text
@@ -698,7 +717,7 @@ def test_config_file_workers_and_hup_rereads_it(serve, tmp_path):
     s.signal(signal.SIGHUP)
     m = s.wait_log(r"configuration is invalid[^\n]*", since=since)
     assert "workers" in m.group(0) or "abc" in m.group(0), m.group(0)
-    time.sleep(0.5)
+    # The invalid file stops the reload where it logs this line: nothing comes after it.
     assert s.proc.poll() is None
     assert len(s.worker_pids()) == 3
     assert body_of(s.port) == V1
@@ -708,20 +727,22 @@ def test_config_file_workers_and_hup_rereads_it(serve, tmp_path):
     m = s.wait_log(r"configuration is invalid[^\n]*", since=since)
     assert "frobnicate" in m.group(0), m.group(0)
     assert len(s.worker_pids()) == 3 and body_of(s.port) == V1
+    assert s.proc.poll() is None
 
 
 def test_srv_cmd_args_sets_workers(serve):
     s = serve(["--app", plugin("conformance")], workers=None, env={"SRV_CMD_ARGS": "--workers 2"})
+    # The master's ready line names its target: 2, not more on a second look.
+    s.wait_log(r"generation 1 ready: 2 worker\(s\)")
     wait_workers(s, 2)
-    time.sleep(0.3)
-    assert len(s.worker_pids()) == 2
 
 
 def test_flag_overrides_config_file(serve, tmp_path):
     cfg = tmp_path / "srv.conf"
     _write(cfg, f"app = {plugin('conformance')}\nworkers = 3\n")
     s = serve(["-c", str(cfg)], workers=1)
-    time.sleep(0.5)
+    # The master's ready line names its target: 1, not the file's 3.
+    s.wait_log(r"generation 1 ready: 1 worker\(s\)")
     assert len(s.worker_pids()) == 1
 
 
@@ -802,13 +823,13 @@ def test_master_keeps_working_after_its_executable_is_replaced(serve, tmp_path):
     problems = []
     try:
         # A replacement is a worker that answers (a spawn that failed is no replacement).
-        wait_for(lambda: _counter_pid(s.port) not in (a, b, None), timeout=5, interval=0.01,
+        wait_for(lambda: _counter_pid(s.port) not in (a, b, None), timeout=30, interval=0.01,
                  what="a replacement for the crashed worker to answer")
     except AssertionError as e:
         problems.append(f"{e}; workers {s.worker_pids()}")
     s.signal(signal.SIGHUP)
     try:
-        s.wait_log(r"generation 2 ready", since=since, timeout=10)
+        s.wait_log(r"generation 2 ready", since=since, timeout=30)
     except AssertionError:
         problems.append("HUP did not bring up generation 2")
     log = s.read_log()[since:].splitlines()
@@ -837,7 +858,7 @@ def test_start_with_broken_plugin_exits_nonzero_with_reason(name, cause, tmp_pat
 # 12. systemd: sd_notify and socket activation
 # ---------------------------------------------------------------------------------------
 
-def _recv_notifications(sock, until, timeout=10):
+def _recv_notifications(sock, until, timeout=30):
     got = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
