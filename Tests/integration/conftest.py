@@ -166,6 +166,15 @@ class Server:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def read_status(server):
+    """The status file as the master last wrote it, or None (not written yet)."""
+    try:
+        with open(server.status_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def status(server, as_json=True, timeout=20):
     """`srv status --status-file F [--json]`, retried for a moment (the master writes the
     file twice a second, so right after "ready" it may not exist yet)."""

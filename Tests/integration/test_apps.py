@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import Conn, plugin, request, status, wait_until
+from conftest import Conn, plugin, read_status, request, status, wait_until
 
 HELLO = b"Hello, World!\n"
 CONF1 = b"conformance 1.0.0\n"
@@ -56,14 +56,6 @@ def environ(port, path):
     return json.loads(r.body)
 
 
-
-def read_status(server):
-    """The status file as the master last wrote it, or None (not written yet)."""
-    try:
-        with open(server.status_path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def status_at(server, generation, timeout=20):

@@ -23,7 +23,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Conn, free_port, plugin, request, wait_until
+from conftest import Conn, free_port, plugin, read_status, request, wait_until
 
 HOST = "Host: 127.0.0.1\r\n"
 
@@ -91,14 +91,6 @@ def counter(port):
     assert m, r
     return int(m.group(1)), int(m.group(2))
 
-
-def read_status(server):
-    """The status file as the master last wrote it, or None (not written yet)."""
-    try:
-        with open(server.status_path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def environ(port, path="/environ", headers=None, conn=None):

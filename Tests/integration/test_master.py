@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import SRV, Conn, Server, free_port, plugin, request, wait_until
+from conftest import SRV, Conn, Server, free_port, plugin, read_status, request, wait_until
 
 V1 = b"conformance 1.0.0\n"
 V2 = b"conformance 2.0.0\n"
@@ -185,13 +185,6 @@ def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
-
-def read_status(s):
-    try:
-        with open(s.status_path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def srv_status(s, *extra):
