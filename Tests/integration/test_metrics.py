@@ -153,12 +153,14 @@ def test_scraped_requests_equal_what_clients_counted_through_crashes_timeouts_re
         return series, got
 
     # The last responses are counted just after they leave, and a worker recycled at the
-    # end may still be on its way out: wait for the numbers to agree and the gauges to
-    # settle (the assertions below say what did not).
+    # end may still be on its way out (its exit counts once it is reaped, after its
+    # replacement booted): wait for the numbers to agree, the gauges to settle and the
+    # recycled worker's exit (the assertions below say what did not).
     deadline = time.monotonic() + 30
     while True:
         series, got = scraped()
-        settled = total(series, "srv_workers") == 2 and total(series, "srv_requests_in_flight") == 0
+        settled = (total(series, "srv_workers") == 2 and total(series, "srv_requests_in_flight") == 0
+                   and total(series, "srv_worker_exits_total", cause="max-requests") >= 1)
         if (got == expected and settled) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
