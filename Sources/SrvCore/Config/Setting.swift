@@ -88,15 +88,18 @@ extension Setting {
 
     /// A switch; `invertible`: its default is srv's to decide, and `--no-NAME` says no.
     static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool?>, help: String) -> Setting {
-        Setting(name: name, short: nil, kind: .toggle(invertible: true), valueName: "", help: help,
-                defaultText: nil, inConfigFile: true,
-                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in [] })
+        toggle(name, invertible: true, help: help) { $0[keyPath: key] = $1 }
     }
 
     static func toggle(_ name: String, _ key: WritableKeyPath<Settings, Bool>, help: String) -> Setting {
-        Setting(name: name, short: nil, kind: .toggle(invertible: false), valueName: "", help: help,
+        toggle(name, invertible: false, help: help) { $0[keyPath: key] = $1 }
+    }
+
+    private static func toggle(_ name: String, invertible: Bool, help: String,
+                               set: @escaping (inout Settings, Bool) -> Void) -> Setting {
+        Setting(name: name, short: nil, kind: .toggle(invertible: invertible), valueName: "", help: help,
                 defaultText: nil, inConfigFile: true,
-                read: { s, value, _ in s[keyPath: key] = try Self.boolean(value) }, check: { _ in [] })
+                read: { s, value, _ in set(&s, try Self.boolean(value)) }, check: { _ in [] })
     }
 
     /// A list whose values of a stronger source replace a weaker one's.

@@ -99,7 +99,7 @@ public enum SettingSources {
     private static func distance(_ a: String, _ b: String) -> Int {
         let a = Array(a), b = Array(b)
         var row = Array(0...b.count)
-        for i in 1...max(a.count, 1) where !a.isEmpty {
+        for i in stride(from: 1, through: a.count, by: 1) {
             var previous = row[0]
             row[0] = i
             for j in stride(from: 1, through: b.count, by: 1) {
@@ -129,10 +129,9 @@ public enum SettingSources {
     ///   - flags: the command line's setting values (`parseFlags`).
     ///   - environment: the process's environment (SRV_CMD_ARGS).
     public static func resolve(flags: [Value], environment: [String: String]) throws -> Settings {
-        let (settings, fileLines) = try layered(flags: flags, environment: environment)
-        var resolved = settings
-        var problems = resolved.validate() + resolved.resolveIdentity()
-        if let path = resolved.configFile {
+        var (settings, fileLines) = try layered(flags: flags, environment: environment)
+        var problems = settings.validate() + settings.resolveIdentity()
+        if let path = settings.configFile {
             // A problem with a value the file set names the file's line.
             problems = problems.map { problem in
                 let name = String(problem.prefix { $0 != ":" && $0 != " " })
@@ -141,7 +140,7 @@ public enum SettingSources {
             }
         }
         if !problems.isEmpty { throw SettingsProblem(problems.joined(separator: "\n")) }
-        return resolved
+        return settings
     }
 
     /// The sources layered, before the checks (the unit tests compare sources with it).

@@ -1074,16 +1074,11 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
 
     // MARK: - Timers and shutdown
 
-    /// Closes a connection idle longer than --keep-alive (or stuck sending a request).
-    /// The timer runs every --keep-alive seconds, or sooner when that much idle time is
+    /// Closes a connection idle longer than `worker.idleLimit` (or stuck sending a request).
+    /// The timer runs every idle limit, or sooner when that much idle time is
     /// nearly reached (`lastActivity` is coarse, so it may read a few ms short).
     private func armIdleTimer(context: ChannelHandlerContext, in delay: TimeAmount? = nil) {
-        // Without keep-alive (--keep-alive 0) a connection serves one request, which may
-        // take as long to arrive as a body may pause (--body-timeout, as nginx's
-        // client_header_timeout), or 1 s once the worker stops.
-        let keepAlive = worker.keepsAlive ? worker.settings.keepAlive
-            : worker.isShuttingDown ? min(worker.settings.bodyTimeout, 1) : worker.settings.bodyTimeout
-        let limit = TimeAmount.nanoseconds(Int64(keepAlive * 1e9))
+        let limit = worker.idleLimit
         idleTimer = context.eventLoop.scheduleTask(in: delay ?? limit) {
             guard let context = self.context else { return }
             let idleFor = TimeAmount.nanoseconds(Int64(self.worker.clock.now() &- self.lastActivity))

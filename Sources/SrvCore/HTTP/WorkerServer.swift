@@ -216,6 +216,16 @@ public final class WorkerServer {
         if isShuttingDown && connections.isEmpty { finishDraining() }
     }
 
+    /// How long a connection may wait for its next request: --keep-alive. Without
+    /// keep-alive (--keep-alive 0) a connection serves one request, which may take as long
+    /// to arrive as a body may pause (--body-timeout, as nginx's client_header_timeout), or
+    /// 1 s once the worker stops.
+    var idleLimit: TimeAmount {
+        let seconds = keepsAlive ? settings.keepAlive
+            : isShuttingDown ? min(settings.bodyTimeout, 1) : settings.bodyTimeout
+        return .nanoseconds(Int64(seconds * 1e9))
+    }
+
     func log(_ level: Logger.Level, _ message: String) {
         logger.log(level: level, "\(message)")
     }

@@ -60,8 +60,8 @@ extension ScoreboardPage {
     }
 
     /// Counts a response (event-loop thread only: plain stores, no lock).
-    @inline(__always)
     /// - Parameter method: the method's index in `RequestMetrics.methods`.
+    @inline(__always)
     public func recordRequest(slot: Int, method: Int, status: Int, bytes: Int, nanoseconds: UInt64) {
         let s = metricsBase + min(slot, RequestMetrics.slots - 1) * RequestMetrics.slotWords
         let statusClass = min(max(status / 100, 1), 5) - 1

@@ -1,5 +1,4 @@
 import Glibc
-import Logging
 import NIOCore
 import NIOPosix
 import XCTest
@@ -32,11 +31,7 @@ final class DirectSendTests: XCTestCase {
                           pipelined: Bool = false) throws -> (received: Int, responses: [String], directWrites: Bool) {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
-        var logger = Logger(label: "srv.test")
-        logger.logLevel = .critical
-        let worker = WorkerServer(settings: Settings(), apps: [MountedApp(mount: "", plugin: TestApp.plugin())],
-                                  logger: logger, scoreboard: nil, accessLog: nil, generation: 1, multiprocess: false,
-                                  eventLoopGroup: group, clock: .coarse)
+        let worker = TestApp.worker(group: group, clock: .coarse)
         let accepted = group.next().makePromise(of: Channel.self)
         let server = try ServerBootstrap(group: group)
             .childChannelInitializer { channel in

@@ -1,5 +1,7 @@
 import Foundation
 import Glibc
+import Logging
+import NIOCore
 import SrvGateway
 @testable import SrvCore
 
@@ -35,6 +37,17 @@ enum TestApp {
             flags: threadSafe ? SRV_FLAG_THREAD_SAFE : 0, name: strdup(name), version: strdup("1.0"),
             load: nil, unload: nil))
         return Plugin(descriptor: UnsafePointer(d), app: entry, path: "/in-process/lib\(name).so")
+    }
+
+    /// A worker's HTTP side serving the test application at `mount` on `group`, logging
+    /// nothing below critical.
+    static func worker(settings: Settings = Settings(), mount: String = "", plugin: Plugin = TestApp.plugin(),
+                       group: EventLoopGroup, clock: ConnectionClock, socketView: SocketView = .kernel) -> WorkerServer {
+        var logger = Logger(label: "srv.test")
+        logger.logLevel = .critical
+        return WorkerServer(settings: settings, apps: [MountedApp(mount: mount, plugin: plugin)], logger: logger,
+                            scoreboard: nil, accessLog: nil, generation: 1, multiprocess: false,
+                            eventLoopGroup: group, clock: clock, socketView: socketView)
     }
 
     static let entry: srv_app_fn = { environ, start, body in

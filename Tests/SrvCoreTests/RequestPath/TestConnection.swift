@@ -1,5 +1,4 @@
 import Glibc
-import Logging
 import NIOCore
 import NIOEmbedded
 import XCTest
@@ -22,14 +21,10 @@ final class TestConnection {
 
     init(settings: Settings = Settings(), mount: String = "", plugin: Plugin = TestApp.plugin(),
          local: SocketAddress? = nil, remote: SocketAddress? = nil) throws {
-        var logger = Logger(label: "srv.test")
-        logger.logLevel = .critical
-        worker = WorkerServer(settings: settings, apps: [MountedApp(mount: mount, plugin: plugin)], logger: logger,
-                              scoreboard: nil, accessLog: nil, generation: 1, multiprocess: false,
-                              eventLoopGroup: loop, clock: .of(loop),
-                              socketView: SocketView(descriptor: { _ in FakeSocket.descriptor },
-                                                     unsentBytes: { [socket] _ in socket.unsent },
-                                                     sendProgress: { [socket] _ in socket.progress }))
+        worker = TestApp.worker(settings: settings, mount: mount, plugin: plugin, group: loop, clock: .of(loop),
+                                socketView: SocketView(descriptor: { _ in FakeSocket.descriptor },
+                                                       unsentBytes: { [socket] _ in socket.unsent },
+                                                       sendProgress: { [socket] _ in socket.progress }))
         channel = EmbeddedChannel(loop: loop)
         channel.localAddress = try local ?? SocketAddress(ipAddress: "127.0.0.1", port: 8000)
         channel.remoteAddress = try remote ?? SocketAddress(ipAddress: "127.0.0.1", port: 40000)
