@@ -1,6 +1,9 @@
 /* The response path's byte loops (see http_chars.h). */
 #include "http_chars.h"
 
+#include <arpa/inet.h>
+#include <string.h>
+
 /* RFC 9110 tchar: 1 for each byte that may appear in a token (a header name). */
 static const unsigned char tchar[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -62,14 +65,34 @@ static int is_hex(unsigned char c) {
     return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
 }
 
+/* What RFC 3986 3.2.2 allows between an IP literal's brackets: an IPv6 address (checked by
+ * inet_pton, which takes exactly RFC 4291's text forms: one "::" at most, 1 to 4 hex digits
+ * per group, an IPv4 tail) or an IPvFuture ("v" 1*HEXDIG "." 1*(unreserved / sub-delims /
+ * ":")). */
+static int is_ip_literal(const unsigned char *s, size_t n) {
+    if (n > 1 && (s[0] | 0x20) == 'v') {
+        size_t i = 1;
+        while (i < n && is_hex(s[i])) i++;
+        if (i == 1 || i == n || s[i] != '.' || i + 1 == n) return 0;
+        for (i++; i < n; i++)
+            if (s[i] != ':' && (s[i] >= 128 || !regname[s[i]])) return 0;
+        return 1;
+    }
+    char text[INET6_ADDRSTRLEN];
+    struct in6_addr address;
+    if (n == 0 || n >= sizeof text) return 0;
+    memcpy(text, s, n);
+    text[n] = 0;
+    return inet_pton(AF_INET6, text, &address) == 1;
+}
+
 int srv_http_is_host(const char *p, size_t n) {
     const unsigned char *s = (const unsigned char *)p;
     size_t i = 0;
     if (n == 0) return 1;
     if (s[0] == '[') {
-        for (i = 1; i < n && s[i] != ']'; i++)
-            if (!is_hex(s[i]) && s[i] != ':' && s[i] != '.') return 0;
-        if (i == n || i == 1) return 0;
+        while (i < n && s[i] != ']') i++;
+        if (i == n || !is_ip_literal(s + 1, i - 1)) return 0;
         i++;
     } else {
         while (i < n && s[i] != ':') {

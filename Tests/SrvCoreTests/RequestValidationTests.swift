@@ -5,7 +5,7 @@ import XCTest
 /// RequestValidation's rewrites of input before llhttp reads it: the rewritten bytes say
 /// the same thing in the syntax llhttp accepts, and keep their length.
 final class RequestValidationTests: XCTestCase {
-    private func closedUp(_ text: String) -> (String, Bool) {
+    private func closedUp(_ text: String) -> (String, RequestValidation.ChunkLine) {
         var buffer = ByteBuffer(string: text)
         let complete = RequestValidation.closeUpChunkExtensions(in: &buffer)
         return (String(buffer: buffer), complete)
@@ -25,8 +25,15 @@ final class RequestValidationTests: XCTestCase {
     }
 
     func testALineNotYetComplete() {
-        XCTAssertFalse(closedUp("3 ; a").1)
-        XCTAssertTrue(closedUp("3 ; a\r\n").1)
-        XCTAssertTrue(closedUp(String(repeating: "3", count: 5000)).1)  // past maxLine: llhttp's
+        XCTAssertEqual(closedUp("3 ; a").1, .incomplete)
+        XCTAssertEqual(closedUp("3 ; a\r\n").1, .ready)
+        XCTAssertEqual(closedUp(String(repeating: "3", count: 5000)).1, .ready)  // past maxLine: llhttp's
+    }
+
+    func testWhitespaceAfterTheSizeIsBWSOnlyBeforeASemicolon() {
+        XCTAssertEqual(closedUp("a \r\n").1, .whitespaceAfterSize)
+        XCTAssertEqual(closedUp("a\t\t\r\n").1, .whitespaceAfterSize)
+        XCTAssertEqual(closedUp("a x\r\n").1, .whitespaceAfterSize)
+        XCTAssertEqual(closedUp("a \t;x\r\n").1, .ready)
     }
 }

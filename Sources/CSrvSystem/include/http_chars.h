@@ -22,8 +22,8 @@ size_t srv_http_put_field(unsigned char *restrict dst, const char *restrict name
 
 /* 1 when p[0..<n] is a valid Host value or absolute-form authority (RFC 9112 3.2, RFC 3986
  * 3.2.2): host[:port], the host a reg-name (unreserved, pct-encoded, sub-delims), an IPv4
- * address or an IP literal in brackets; no userinfo, spaces, slashes or bytes outside
- * ASCII. An empty value is valid. */
+ * address or an IP literal in brackets (a valid IPv6 address, or an IPvFuture); no
+ * userinfo, spaces, slashes or bytes outside ASCII. An empty value is valid. */
 int srv_http_is_host(const char *p, size_t n);
 
 #endif

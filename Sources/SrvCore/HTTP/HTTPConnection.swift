@@ -56,8 +56,9 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     private var chunkLineAhead = false
     /// The parser paused for `chunkLineAhead`, not at the end of a message.
     private var pausedForChunkLine = false
-    /// The start of a chunk-size line that has not fully arrived, parsed with the next read.
-    private var heldChunkLine: ByteBuffer?
+    /// Input whose meaning the next read decides, parsed with it: the start of a chunk-size
+    /// line, or the end of an incomplete head (RequestValidation.spaceTrailingTabs).
+    private var heldInput: ByteBuffer?
     /// The chunk llhttp is reading is the last one (size 0): trailers follow, not a size line.
     private var lastChunk = false
     /// After an Upgrade or CONNECT request srv answers, then reads nothing more.
@@ -274,8 +275,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             // body that went out at once): reads paused for it start again here.
             if takesInput { resumeReads(context: context) }
         }
-        if var held = heldChunkLine {
-            heldChunkLine = nil
+        if var held = heldInput {
+            heldInput = nil
             held.writeBuffer(&buffer)
             buffer = held
         }
@@ -284,15 +285,28 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             // body, which may come in later reads) the rest is dropped.
             if upgraded { if case .readingBody = phase {} else { return } }
             if chunkLineAhead {
-                guard RequestValidation.closeUpChunkExtensions(in: &buffer) else {
-                    heldChunkLine = buffer
+                switch RequestValidation.closeUpChunkExtensions(in: &buffer) {
+                case .ready: break
+                case .incomplete:
+                    heldInput = buffer
+                    return
+                case .whitespaceAfterSize:
+                    refusal = (400, "whitespace after a chunk size is allowed only before a chunk extension's ';' (RFC 9112 7.1.1)")
+                    parseFailed(HPE_INVALID_CHUNK_SIZE, input: buffer, context: context)
                     return
                 }
                 chunkLineAhead = false
             }
             // Between messages or inside a head: trailing tabs of field values become
             // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5).
-            if case .idle = phase { RequestValidation.spaceTrailingTabs(in: &buffer) }
+            if case .idle = phase {
+                let undecided = RequestValidation.spaceTrailingTabs(in: &buffer)
+                if undecided > 0 {
+                    heldInput = buffer.getSlice(at: buffer.writerIndex - undecided, length: undecided)
+                    buffer.moveWriterIndex(to: buffer.writerIndex - undecided)
+                    if buffer.readableBytes == 0 { return }
+                }
+            }
             var consumed = 0
             let rc = withUnsafeMutablePointer(to: &buffer) { buffer -> llhttp_errno_t in
                 input = buffer
@@ -510,14 +524,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         reject(status: status, message: message, context: context)
     }
 
-    /// The method of a request llhttp refused as an unknown method, when it is a token (then
-    /// the answer is 501, RFC 9110 9.1); nil for a malformed request line. A message
-    /// starts at the beginning of the input llhttp was given (it pauses after each one).
+    /// The method of a request llhttp refused as an unknown method, when the request line is
+    /// otherwise well formed (then the answer is 501, RFC 9110 9.1); nil for a malformed
+    /// request line (400). A message starts at the beginning of the input llhttp was given
+    /// (it pauses after each one).
     private static func unknownMethod(in input: ByteBuffer) -> String? {
         input.withUnsafeReadableBytes { raw -> String? in
-            guard let space = raw.firstIndex(of: UInt8(ascii: " ")) else { return nil }
-            let method = UnsafeRawBufferPointer(rebasing: raw[..<space])
-            return RequestValidation.isToken(method) ? String(decoding: method.prefix(32), as: UTF8.self) : nil
+            guard let method = RequestValidation.methodOfWellFormedLine(raw) else { return nil }
+            return String(decoding: method.prefix(32), as: UTF8.self)
         }
     }
 
@@ -618,6 +632,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         let authority = RequestValidation.absoluteFormAuthority(head.target)
         if let a = authority, a.contains(UInt8(ascii: "@")) || a.isEmpty || !RequestValidation.isValidHost(a) {
             refusal = (400, "invalid authority \"\(String(decoding: a.prefix(64), as: UTF8.self))\" in the request target; expected host[:port] without userinfo")
+            return false
+        }
+        if memchr(head.target.baseAddress!, 0x23, head.targetLength) != nil {
+            refusal = (400, "the request target has a fragment (#...), which a request target never carries (RFC 9112 3.2)")
             return false
         }
         if head.targetLength == 1, head.target[0] == UInt8(ascii: "*"), !HTTPChars.equalsLower(head.methodName, "options") {

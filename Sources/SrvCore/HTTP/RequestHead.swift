@@ -131,11 +131,12 @@ final class RequestHead {
         token = .none
     }
 
-    /// Name and value bytes of the field being received, with the 2 bytes of ": ".
+    /// The field being received as the line `name: value` CR LF, the way Gunicorn counts it
+    /// against --limit-request-field-size (its flag, so its count).
     var currentFieldSize: Int {
         guard fieldCount > 0 else { return 0 }
         let f = fields[fieldCount - 1]
-        return f.nameLength + f.valueLength + 2
+        return f.nameLength + f.valueLength + 4
     }
 
     /// Takes what llhttp knows once the head is complete.

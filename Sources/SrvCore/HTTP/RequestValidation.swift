@@ -74,22 +74,45 @@ enum RequestValidation {
         !bytes.isEmpty && bytes.allSatisfy { HTTPChars.isToken($0) }
     }
 
+    /// The method of the request line at the start of `raw` when the line has the shape
+    /// `method SP target SP HTTP-version` (RFC 9112 3), as far as it has arrived: a token,
+    /// then at most two more words, the last one `HTTP/` once the line is complete. Nil for
+    /// anything else (`G ET / HTTP/1.0` is a malformed line, not an unknown method G).
+    static func methodOfWellFormedLine(_ raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        var end = 0
+        while end < raw.count, raw[end] != 0x0d, raw[end] != 0x0a { end += 1 }
+        let words = UnsafeRawBufferPointer(rebasing: raw[..<end]).split(separator: 0x20, omittingEmptySubsequences: false)
+        guard let method = words.first.map(UnsafeRawBufferPointer.init(rebasing:)), isToken(method), words.count <= 3 else { return nil }
+        if end < raw.count {
+            guard words.count == 3, !words[1].isEmpty, hasPrefixLower(UnsafeRawBufferPointer(rebasing: words[2]), "http/") else { return nil }
+        }
+        return method
+    }
+
     /// In the head at the start of `buffer` (up to its blank line, or all of it while the
     /// head is incomplete), a tab that is trailing whitespace of a field value (only spaces
     /// and tabs follow before CR LF) becomes a space. llhttp reads a trailing space as the
     /// optional whitespace RFC 9112 5 says it is, but takes `chunked\t` or `5\t` for
     /// another value. A tab anywhere else is left alone. Costs a memchr per read that has
     /// no tab in its head.
-    static func spaceTrailingTabs(in buffer: inout ByteBuffer) {
-        let hasTab = buffer.withUnsafeReadableBytes { raw -> Bool in
-            guard let base = raw.baseAddress, raw.count > 0 else { return false }
+    ///
+    /// Returns how many bytes at the end of an incomplete head must wait for the next read
+    /// before anyone looks at them: whitespace with a tab in it, and the CR and LF that may
+    /// start the head's blank line, whose meaning the next bytes decide. So the answer to a
+    /// head never depends on where the client's writes split it.
+    static func spaceTrailingTabs(in buffer: inout ByteBuffer) -> Int {
+        let (hasTab, undecided) = buffer.withUnsafeReadableBytes { raw -> (Bool, Int) in
+            guard let base = raw.baseAddress, raw.count > 0 else { return (false, 0) }
+            let last = raw[raw.count - 1]
+            let mayWait = last == 0x09 || last == 0x0d || last == 0x0a
             // The whole read first (memchr is fast); the head's end only when there is a tab.
-            guard memchr(base, 0x09, raw.count) != nil else { return false }
-            return memchr(base, 0x09, headLength(raw)) != nil
+            guard mayWait || memchr(base, 0x09, raw.count) != nil else { return (false, 0) }
+            let end = headEnd(raw)
+            return (memchr(base, 0x09, end ?? raw.count) != nil, end == nil ? undecidedTail(raw) : 0)
         }
-        guard hasTab else { return }
+        guard hasTab else { return undecided }
         buffer.withUnsafeMutableReadableBytes { raw in
-            let end = headLength(UnsafeRawBufferPointer(raw))
+            let end = headEnd(UnsafeRawBufferPointer(raw)) ?? raw.count - undecided
             var i = 0
             while i < end {
                 guard raw[i] == 0x09 else { i += 1; continue }
@@ -101,21 +124,47 @@ enum RequestValidation {
                 i = j
             }
         }
+        return undecided
+    }
+
+    /// The trailing spaces, tabs, CRs and LFs of an incomplete head when they hold a tab, a
+    /// CR or a LF (a run of spaces alone means the same whatever follows). At most 8 KB
+    /// wait: a longer run is refused by the head's limits all the same.
+    private static func undecidedTail(_ raw: UnsafeRawBufferPointer) -> Int {
+        var start = raw.count, decisive = false
+        while start > 0, raw.count - start < 8192 {
+            let c = raw[start - 1]
+            guard c == 0x20 || c == 0x09 || c == 0x0d || c == 0x0a else { break }
+            if c != 0x20 { decisive = true }
+            start -= 1
+        }
+        return decisive ? raw.count - start : 0
     }
 
     /// At the start of a chunk-size line: the whitespace RFC 9112 7.1.1 allows around a
     /// chunk extension's `;` and `=` (BWS), which llhttp refuses, is taken out, and the size
     /// gets as many leading zeros so the line keeps its length (`3 ; a = b` becomes
-    /// `00003;a=b`). Quoted strings are left alone. False while the line has not fully
-    /// arrived: its bytes must wait for the rest (a line past `maxLine` is left to llhttp).
-    static func closeUpChunkExtensions(in buffer: inout ByteBuffer, maxLine: Int = 4096) -> Bool {
-        buffer.withUnsafeMutableReadableBytes { raw -> Bool in
+    /// `00003;a=b`). Quoted strings are left alone. Whitespace after the size with no `;`
+    /// after it is no BWS (`a \r\n`): the line is invalid, which llhttp would let pass.
+    enum ChunkLine: Equatable {
+        case ready
+        /// The line has not fully arrived: its bytes must wait for the rest (a line past
+        /// `maxLine` is left to llhttp).
+        case incomplete
+        case whitespaceAfterSize
+    }
+
+    static func closeUpChunkExtensions(in buffer: inout ByteBuffer, maxLine: Int = 4096) -> ChunkLine {
+        buffer.withUnsafeMutableReadableBytes { raw -> ChunkLine in
             let n = min(raw.count, maxLine)
-            guard let lf = (0..<n).first(where: { raw[$0] == 0x0a }) else { return raw.count > maxLine }
+            guard let lf = (0..<n).first(where: { raw[$0] == 0x0a }) else { return raw.count > maxLine ? .ready : .incomplete }
             let end = lf > 0 && raw[lf - 1] == 0x0d ? lf - 1 : lf
             var start = 0
             while start < end, HTTPChars.hexValue(raw[start]) != nil { start += 1 }
-            guard start < end, raw[start] == 0x20 || raw[start] == 0x09 || raw[start] == 0x3b else { return true }
+            guard start < end, raw[start] == 0x20 || raw[start] == 0x09 || raw[start] == 0x3b else { return .ready }
+            var afterSpace = start
+            while afterSpace < end, raw[afterSpace] == 0x20 || raw[afterSpace] == 0x09 { afterSpace += 1 }
+            if afterSpace == end || raw[afterSpace] != 0x3b { return .whitespaceAfterSize }
             var kept: [UInt8] = []
             kept.reserveCapacity(end - start)
             var i = start, quoted = false
@@ -130,7 +179,7 @@ enum RequestValidation {
                 if c == 0x20 || c == 0x09 {
                     var j = i
                     while j < end, raw[j] == 0x20 || raw[j] == 0x09 { j += 1 }
-                    let before = kept.last ?? 0x3b  // right after the size counts as before `;`
+                    let before = kept.last ?? 0x3b  // right after the size, before `;`
                     let after = j < end ? raw[j] : 0
                     if before == 0x3b || before == 0x3d || after == 0x3b || after == 0x3d {
                         i = j  // BWS: dropped
@@ -145,23 +194,24 @@ enum RequestValidation {
                 i += 1
             }
             let removed = (end - start) - kept.count
-            guard removed > 0 else { return true }
+            guard removed > 0 else { return .ready }
             // Shift the size right over the removed bytes, then the extensions after it.
             for k in stride(from: start - 1, through: 0, by: -1) { raw[k + removed] = raw[k] }
             for k in 0..<removed { raw[k] = 0x30 }
             for (k, c) in kept.enumerated() { raw[start + removed + k] = c }
-            return true
+            return .ready
         }
     }
 
-    /// The bytes of a head at the start of `raw`: through its CR LF CR LF, or all of them.
-    private static func headLength(_ raw: UnsafeRawBufferPointer) -> Int {
+    /// Where the head at the start of `raw` ends (after its CR LF CR LF), or nil when it has
+    /// not fully arrived.
+    private static func headEnd(_ raw: UnsafeRawBufferPointer) -> Int? {
         var i = 0
         while i + 3 < raw.count {
             if raw[i] == 0x0d, raw[i + 1] == 0x0a, raw[i + 2] == 0x0d, raw[i + 3] == 0x0a { return i + 4 }
             i += 1
         }
-        return raw.count
+        return nil
     }
 
     // MARK: - Bytes
