@@ -16,6 +16,12 @@ int srv_sys_unsent_bytes(int fd) {
     return n;
 }
 
+int srv_sys_unread_bytes(int fd) {
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+    return n;
+}
+
 uint64_t srv_sys_send_progress(int fd) {
     struct tcp_info info;
     socklen_t len = sizeof info;

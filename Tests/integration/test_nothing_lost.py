@@ -854,3 +854,35 @@ def test_new_keep_alive_connections_spread_across_workers(serve, reuse_port):
     finally:
         for c in conns:
             c.close()
+
+
+@pytest.mark.parametrize("keep_alive,block", [(2, 2.5)])
+def test_a_long_inline_request_does_not_reset_its_neighbours(serve, keep_alive, block):
+    """With the default inline mode, one request that runs longer than --keep-alive blocks
+    the worker's loop. Keep-alive connections whose next request arrived meanwhile hold
+    unread input: they are not idle, and each gets its answer when the loop is free again
+    (before, every one of them was reset, with nothing logged). A connection accepted by
+    the kernel meanwhile gets its answer too."""
+    s = serve(["--app", plugin("tables"), "--keep-alive", str(keep_alive)])
+    neighbours = []
+    for _ in range(50):
+        c = Conn(s.port, timeout=60)
+        c.send("GET /?op=stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().status == 200
+        neighbours.append(c)
+    blocker = Conn(s.port, timeout=60)
+    blocker.send(f"GET /?op=sleep&ms={int(block * 1000)} HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)  # the worker is inside the slow request now (a lower bound: a slow machine only adds to it)
+    for c in neighbours:
+        c.send("GET /?op=stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    late = Conn(s.port, timeout=60)
+    late.send("GET /?op=stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    answered, lost = 0, []
+    for i, c in enumerate(neighbours + [late]):
+        try:
+            answered += c.read_response().status == 200
+        except (ConnectionResetError, EOFError) as e:
+            lost.append(f"connection {i}: {type(e).__name__}")
+    assert blocker.read_response().status == 200
+    assert lost == [], f"{len(lost)} of 51 connections lost their request:\n" + "\n".join(lost[:10])
+    assert answered == 51

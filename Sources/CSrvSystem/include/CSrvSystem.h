@@ -38,6 +38,10 @@ int srv_sys_accept_nonblocking(int fd);
  *  a response NIO finished writing may still be on its way to a slow reader. */
 int srv_sys_unsent_bytes(int fd);
 
+/** Bytes received on a socket and not yet read (FIONREAD), or -1: a connection whose next
+ *  request waits there while the worker was busy is not idle. */
+int srv_sys_unread_bytes(int fd);
+
 /** A number that changes whenever the peer takes bytes of the socket's send queue: the
  *  bytes it acknowledged (TCP_INFO) on TCP, the unsent bytes elsewhere. A response that
  *  waits while it stays the same waits for a client that does not read (--send-timeout). */

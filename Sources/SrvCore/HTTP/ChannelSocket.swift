@@ -36,8 +36,11 @@ struct SocketView {
     var unsentBytes: (CInt) -> Int
     /// A number that changes whenever the peer takes bytes (srv_sys_send_progress).
     var sendProgress: (CInt) -> UInt64
+    /// Bytes the peer sent that nobody has read yet.
+    var unreadBytes: (CInt) -> Int
 
     static let kernel = SocketView(descriptor: ChannelSocket.descriptor(of:),
                                    unsentBytes: { Int(srv_sys_unsent_bytes($0)) },
-                                   sendProgress: { srv_sys_send_progress($0) })
+                                   sendProgress: { srv_sys_send_progress($0) },
+                                   unreadBytes: { Int(srv_sys_unread_bytes($0)) })
 }

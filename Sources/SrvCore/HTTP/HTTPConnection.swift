@@ -1138,6 +1138,14 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 self.armIdleTimer(context: context, in: self.sendCheckDelay(limit))
                 return
             }
+            if idleFor >= allowed, self.hasUnreadInput(context) {
+                // The client's next bytes wait in the kernel: the worker's loop was busy
+                // (an inline request longer than the limit), so this connection was never
+                // idle. Its read comes next; closing now would reset it.
+                self.lastActivity = self.worker.clock.now()
+                self.armIdleTimer(context: context)
+                return
+            }
             if idleFor >= allowed {
                 if case .readingBody = self.phase {
                     let message = "the request body stalled: no byte for \(self.worker.settings.bodyTimeout) s (--body-timeout)"
@@ -1152,6 +1160,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 self.armIdleTimer(context: context, in: min(limit, allowed - idleFor))
             }
         }
+    }
+
+    /// Bytes from the client wait in the socket, not yet read.
+    private func hasUnreadInput(_ context: ChannelHandlerContext) -> Bool {
+        guard let fd = directSocket(context, now: true) else { return false }
+        return worker.socketView.unreadBytes(fd) > 0
     }
 
     /// True when a response has bytes to send (NIO's or the kernel's) and the client took

@@ -295,6 +295,34 @@ final class ExchangeTests: XCTestCase {
         XCTAssertFalse(c.isOpen)
     }
 
+    func testAConnectionWhoseNextRequestWaitsUnreadIsNotIdle() throws {
+        // The worker's loop was blocked longer than --keep-alive (a long inline request)
+        // while this client's next request arrived: the timer fires before the read.
+        let c = try connection { $0.keepAlive = 2 }
+        c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        XCTAssertEqual(c.responses().count, 1)
+        c.socket.unread = 40
+        c.advance(seconds: 2.5)
+        XCTAssertTrue(c.isOpen, "closing a connection with unread input resets it")
+        c.socket.unread = 0
+        c.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        XCTAssertEqual(c.responses().count, 1)
+        c.advance(seconds: 2.5)
+        XCTAssertFalse(c.isOpen, "idle with nothing to read: closed after --keep-alive")
+    }
+
+    func testAStalledBodyWhoseBytesWaitUnreadGetsNo408() throws {
+        TestApp.handler = { $0.respond(body: String(decoding: $0.readBody(), as: UTF8.self)) }
+        let c = try connection { $0.bodyTimeout = 2 }
+        c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nda")
+        c.socket.unread = 2
+        c.advance(seconds: 3)
+        XCTAssertTrue(c.isOpen)
+        c.socket.unread = 0
+        c.send("ta")
+        XCTAssertEqual(c.responses().first?.body, "data")
+    }
+
     func testKeepAliveCountsFromTheLastResponse() throws {
         let c = try connection { $0.keepAlive = 5 }
         c.advance(seconds: 4)

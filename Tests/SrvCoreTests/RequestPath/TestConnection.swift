@@ -24,7 +24,8 @@ final class TestConnection {
         worker = TestApp.worker(settings: settings, mount: mount, plugin: plugin, group: loop, clock: .of(loop),
                                 socketView: SocketView(descriptor: { _ in FakeSocket.descriptor },
                                                        unsentBytes: { [socket] _ in socket.unsent },
-                                                       sendProgress: { [socket] _ in socket.progress }))
+                                                       sendProgress: { [socket] _ in socket.progress },
+                                                       unreadBytes: { [socket] _ in socket.unread }))
         channel = EmbeddedChannel(loop: loop)
         channel.localAddress = try local ?? SocketAddress(ipAddress: "127.0.0.1", port: 8000)
         channel.remoteAddress = try remote ?? SocketAddress(ipAddress: "127.0.0.1", port: 40000)
@@ -98,6 +99,8 @@ final class FakeSocket {
     static let descriptor: CInt = 1_000_000
     var unsent = 0
     var progress: UInt64 = 0
+    /// Bytes the client sent that wait in the kernel: the worker was too busy to read them.
+    var unread = 0
 }
 
 /// Reads a file body when it is written, as sendfile would (the connection closes its copy
