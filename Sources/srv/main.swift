@@ -86,11 +86,9 @@ func serve(_ flags: [SettingSources.Value], checkConfig: Bool) throws {
         print("configuration OK: \(settings.workers) worker(s), bind \(binds.joined(separator: ", "))")
         var paths = settings.mounts.map { $0.path }
         if let dir = settings.appsDir { paths += AppsDirectory.scan(dir, logger: nil).map { $0.path } }
-        let scratch = try TemporaryDirectory()
-        defer { scratch.remove() }
         var invalid = 0
         for path in paths {
-            let r = PluginCheck.run(path: path, snapshotDirectory: scratch.path, timeout: settings.bootTimeout)
+            let r = PluginCheck.run(path: path, timeout: settings.bootTimeout)
             if r.valid {
                 print("app ok  \(path)  (\(r.name ?? "") \(r.version ?? ""))")
             } else {
@@ -120,8 +118,8 @@ struct Check: ParsableCommand {
     var json = false
     @Option(name: .customLong("timeout"), help: "Seconds a plugin may take to load (default 10).")
     var timeout: Double = 10
-    @Option(name: .customLong("snapshot-dir"), help: .hidden)
-    var snapshotDir: String?
+    @Option(name: .customLong("content-hash"), help: .hidden)
+    var contentHash: String?
     @Flag(name: .customLong("in-process"), help: .hidden)
     var inProcess = false
     @Argument(help: ArgumentHelp("Plugins to check.", valueName: "PATH.so"))
@@ -132,11 +130,8 @@ struct Check: ParsableCommand {
     }
 
     func run() throws {
-        if inProcess, let dir = snapshotDir { PluginCheck.runInProcess(path: paths[0], snapshotDirectory: dir) }
-        // The copies a check loads live in a directory of their own, removed afterwards.
-        let scratch = try TemporaryDirectory()
-        defer { scratch.remove() }
-        let reports = paths.map { PluginCheck.run(path: $0, snapshotDirectory: snapshotDir ?? scratch.path, timeout: timeout) }
+        if inProcess, let hash = contentHash { PluginCheck.runInProcess(path: paths[0], hash: hash) }
+        let reports = paths.map { PluginCheck.run(path: $0, timeout: timeout) }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

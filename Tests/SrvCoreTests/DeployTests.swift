@@ -56,14 +56,14 @@ final class DeployTests: XCTestCase {
     func testRuntimeDirectoryIsCreatedPrivateAndCheckedWhenItExists() throws {
         let base = NSTemporaryDirectory() + "srv-deploy-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: base) }
-        let dir = base + "/a/snapshots"
-        try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "snapshot directory")
+        let dir = base + "/a/run"
+        try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "runtime directory")
         var st = stat()
         XCTAssertEqual(stat(dir, &st), 0)
         XCTAssertEqual(st.st_mode & 0o777, 0o700)
-        try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "snapshot directory")
+        try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "runtime directory")
         chmod(dir, 0o755)
-        XCTAssertThrowsError(try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "snapshot directory")) {
+        XCTAssertThrowsError(try RuntimeDirectory.prepare(dir, owner: geteuid(), mode: 0o700, exactMode: true, what: "runtime directory")) {
             XCTAssertTrue("\($0)".contains("expected mode 700, found 755"), "\($0)")
         }
         XCTAssertThrowsError(try RuntimeDirectory.prepare(dir, owner: geteuid() &+ 1, mode: 0o755, exactMode: false, what: "runtime directory")) {
@@ -74,20 +74,6 @@ final class DeployTests: XCTestCase {
         XCTAssertThrowsError(try RuntimeDirectory.prepare(link, owner: geteuid(), mode: 0o700, exactMode: false, what: "runtime directory"))
     }
 
-    func testASnapshotIsReusedOnlyWhenItsContentMatches() throws {
-        let base = NSTemporaryDirectory() + "srv-snap-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(base, 0o700)
-        defer { try? FileManager.default.removeItem(atPath: base) }
-        let source = base + "/libapp.so"
-        FileManager.default.createFile(atPath: source, contents: Data("real plugin bytes".utf8))
-        let first = try Snapshot.take(of: source, into: base)
-        // Another file of the same size planted under the snapshot's name is not served.
-        FileManager.default.createFile(atPath: first.path, contents: Data("fake plugin bytes".utf8))
-        let second = try Snapshot.take(of: source, into: base)
-        XCTAssertEqual(second.path, first.path)
-        XCTAssertEqual(FileManager.default.contents(atPath: second.path), Data("real plugin bytes".utf8))
-        XCTAssertEqual(Snapshot.removeUnreferenced(in: base, keeping: [second.path]), 1, "the source libapp.so is not a snapshot but ends in .so")
-    }
 }
 
 final class ABIEvolutionTests: XCTestCase {

@@ -80,89 +80,62 @@ final class ELFCheckTests: XCTestCase {
 }
 
 final class SnapshotTests: XCTestCase {
-    func testContentAddressedCopy() throws {
+    private func contents(_ path: String) -> Data? { FileManager.default.contents(atPath: path) }
+
+    func testASnapshotIsASealedCopyOfTheContentNamedByItsHash() throws {
         let dir = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let source = "\(dir)/libx.so"
         FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
-        // The caller prepares the directory (the master: RuntimeDirectory.prepare, 0700).
-        try FileManager.default.createDirectory(atPath: "\(dir)/snaps", withIntermediateDirectories: true)
-        let s = try Snapshot.take(of: source, into: "\(dir)/snaps")
+        let s = try Snapshot.take(of: source)
         // SHA-256("abc"), FIPS 180-2 appendix B.1.
         XCTAssertEqual(s.hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        XCTAssertTrue(s.path.hasSuffix("/ba7816bf8f01cfea-libx.so"))
-        XCTAssertEqual(FileManager.default.contents(atPath: s.path), Data("abc".utf8))
-        // Overwriting the original in place leaves the snapshot intact.
+        XCTAssertEqual(s.path, "/proc/self/fd/\(s.descriptor)")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: s.path), "/memfd:srv-ba7816bf8f01-libx.so (deleted)")
+        XCTAssertEqual(contents(s.path), Data("abc".utf8))
+        // Overwriting or removing the original leaves the snapshot intact.
         FileManager.default.createFile(atPath: source, contents: Data("abcd".utf8))
-        XCTAssertEqual(FileManager.default.contents(atPath: s.path), Data("abc".utf8))
-        let s2 = try Snapshot.take(of: source, into: "\(dir)/snaps")
-        XCTAssertNotEqual(s2.hash, s.hash)
-        XCTAssertNotEqual(s2.path, s.path)
+        try FileManager.default.removeItem(atPath: dir)
+        XCTAssertEqual(contents(s.path), Data("abc".utf8))
+        // Sealed: nobody, not even the master, can change it.
+        let fd = open(s.path, O_RDWR)
+        if fd >= 0 {
+            XCTAssertEqual(write(fd, "x", 1), -1)
+            XCTAssertEqual(errno, EPERM)
+            close(fd)
+        }
+        XCTAssertEqual(contents(s.path), Data("abc".utf8))
+    }
+
+    func testTheDescriptorClosesWithTheLastSnapshotThatHoldsIt() throws {
+        let source = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString).so"
+        FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
+        defer { unlink(source) }
+        var snapshot: Snapshot? = try Snapshot.take(of: source)
+        let fd = snapshot!.descriptor
+        var copy = snapshot
+        snapshot = nil
+        XCTAssertNotEqual(fcntl(fd, F_GETFD), -1, "a copy still holds it")
+        XCTAssertEqual(copy?.inherited(at: 9).path, "/proc/self/fd/9")
+        XCTAssertEqual(copy, copy?.inherited(at: 9), "the same build of the same file")
+        copy = nil
+        XCTAssertNil(copy)
+        XCTAssertEqual(fcntl(fd, F_GETFD), -1, "closed with the last snapshot that held it")
+    }
+
+    func testAMissingFileIsRefusedByName() {
+        XCTAssertThrowsError(try Snapshot.take(of: "/nonexistent/libx.so")) {
+            XCTAssertEqual(($0 as? PluginError)?.reason, "missing-file")
+        }
     }
 
     func testLongInputHash() throws {
-        let dir = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let source = "\(dir)/libm.so"
+        let source = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString).so"
         FileManager.default.createFile(atPath: source, contents: Data(repeating: UInt8(ascii: "a"), count: 1_000_000))
+        defer { unlink(source) }
         // SHA-256 of one million "a", FIPS 180-2 appendix B.3.
-        XCTAssertEqual(try Snapshot.take(of: source, into: dir).hash,
+        XCTAssertEqual(try Snapshot.take(of: source).hash,
                        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
-    }
-}
-
-final class HTTPCharsTests: XCTestCase {
-    func testTokensAndValues() {
-        XCTAssertTrue("Content-Type".utf8.allSatisfy(HTTPChars.isToken))
-        XCTAssertFalse("Bad Header".utf8.allSatisfy(HTTPChars.isToken))
-        XCTAssertFalse("a:b".utf8.allSatisfy(HTTPChars.isToken))
-        func value(_ s: String) -> Bool {
-            var s = s
-            return s.withUTF8 { HTTPChars.isFieldValue(UnsafeRawBufferPointer($0)) }
-        }
-        XCTAssertTrue(value("text/plain; q=1\t"))
-        XCTAssertFalse(value("x\r\nInjected: 1"))
-    }
-
-    /// The response path's copy-and-check of an application's header (C, http_chars.c).
-    func testPutField() {
-        func put(_ name: String, _ value: String) -> String? {
-            var dst = [UInt8](repeating: 0, count: name.utf8.count + value.utf8.count + 4)
-            let n = dst.withUnsafeMutableBufferPointer { d in
-                name.withCString { np in value.withCString { vp in
-                    srv_http_put_field(d.baseAddress!, np, strlen(np), vp, strlen(vp))
-                } }
-            }
-            return n == 0 ? nil : String(decoding: dst.prefix(n), as: UTF8.self)
-        }
-        XCTAssertEqual(put("Content-Type", "text/plain; q=1\t"), "Content-Type: text/plain; q=1\t\r\n")
-        XCTAssertEqual(put("X-Empty", ""), "X-Empty: \r\n")
-        XCTAssertEqual(put("X-Obs", "caf\u{e9}"), "X-Obs: caf\u{e9}\r\n")  // obs-text passes
-        XCTAssertNil(put("", "v"))
-        XCTAssertNil(put("Bad Header", "v"))
-        XCTAssertNil(put("a:b", "v"))
-        XCTAssertNil(put("X-Split", "x\r\nInjected: 1"))
-        XCTAssertNil(put("X-Nul", "a\u{1}b"))
-        XCTAssertNil(put("X-Del", "a\u{7f}"))
-    }
-
-    func testHopByHop() {
-        for name in ["Connection", "TRANSFER-ENCODING", "keep-alive", "Upgrade"] {
-            var n = name
-            XCTAssertTrue(n.withUTF8 { HTTPChars.isHopByHop(UnsafeRawBufferPointer($0)) }, name)
-        }
-        var n = "Content-Length"
-        XCTAssertFalse(n.withUTF8 { HTTPChars.isHopByHop(UnsafeRawBufferPointer($0)) })
-    }
-
-    func testDecimalParsing() {
-        XCTAssertEqual(HTTPChars.parseDecimal("0"), 0)
-        XCTAssertEqual(HTTPChars.parseDecimal("1048576"), 1_048_576)
-        XCTAssertNil(HTTPChars.parseDecimal("-1"))
-        XCTAssertNil(HTTPChars.parseDecimal("5, 5"))
-        XCTAssertNil(HTTPChars.parseDecimal(""))
-        XCTAssertNil(HTTPChars.parseDecimal("99999999999999999999"))
     }
 }

@@ -36,7 +36,7 @@ final class SettingTableTests: XCTestCase {
         "proxy-protocol": "true", "proxy-allow-from": "10.0.0.1", "access-logfile": "-",
         "access-logformat": "%(h)s", "error-logfile": "/tmp/srv-error.log", "log-level": "debug", "pid": "/tmp/p",
         "timeout": "5", "graceful-timeout": "6", "boot-timeout": "8", "max-requests": "100",
-        "max-requests-jitter": "10", "snapshot-dir": "/tmp/snap", "runtime-dir": "/tmp/rt", "user": "nobody",
+        "max-requests-jitter": "10", "runtime-dir": "/tmp/rt", "user": "nobody",
         "group": "nogroup", "chdir": "/tmp", "env": "A=1", "umask": "007", "reload": "true", "reload-delay": "3",
         "status-file": "/tmp/status", "config": "/tmp/srv.conf",
     ]
@@ -98,7 +98,7 @@ final class SettingTableTests: XCTestCase {
         // Properties set by a setting of another name, or derived from others.
         let by: [String: String] = ["mounts": "mount", "binds": "bind", "spoolDirectory": "spool-dir",
                                     "accessLogFile": "access-logfile", "accessLogFormat": "access-logformat",
-                                    "errorLogFile": "error-logfile", "pidFile": "pid", "snapshotDirectory": "snapshot-dir",
+                                    "errorLogFile": "error-logfile", "pidFile": "pid",
                                     "runtimeDirectory": "runtime-dir", "environment": "env", "configFile": "config",
                                     "forwardedAllowIPs": "forwarded-allow-ips", "proxyAllowFrom": "proxy-allow-from"]
         let derived: Set<String> = ["workerUID", "workerGID"]

@@ -19,7 +19,7 @@ final class SupervisorTests: XCTestCase {
     }
 
     func generation(_ n: Int, _ st: Settings) -> Generation {
-        let snap = Snapshot(source: "/apps/libapp.so", path: "/snap/\(n).so", hash: String(repeating: "\(n % 10)", count: 64))
+        let snap = Snapshot(source: "/apps/libapp.so", hash: String(repeating: "\(n % 10)", count: 64), descriptor: -1)
         return Generation(number: n, settings: st, apps: [WorkerApp(prefix: "", snapshot: snap)], phase: .booting(deadline: t))
     }
 

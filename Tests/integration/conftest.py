@@ -69,12 +69,13 @@ class Server:
     """A running srv master with its workers, on a free port, logging to a file."""
 
     def __init__(self, args, workers=1, env=None, bind=None, wait=True, tmp=None, port=None,
-                 wrapper=None, popen_kw=None, remove_tmp=None):
+                 wrapper=None, popen_kw=None, remove_tmp=None, status_file=True):
         """workers=None leaves -w out (the config file or SRV_CMD_ARGS decides); port names
         the TCP port wait_ready probes when `bind` is given; wrapper is a command srv's
         command line is appended to (it must exec srv, so the pid stays the master's);
         popen_kw goes to Popen as is (pass_fds for socket activation). remove_tmp() removes
-        the directory for files (`tmp`) when this made it, or when remove_tmp=True."""
+        the directory for files (`tmp`) when this made it, or when remove_tmp=True.
+        status_file=False leaves the status file where srv puts it (its runtime directory)."""
         self.own_tmp = tmp is None if remove_tmp is None else remove_tmp
         self.tmp = tmp or tempfile.mkdtemp(prefix="srv-test-")
         self.port = port or free_port()
@@ -82,9 +83,8 @@ class Server:
         self.log_path = os.path.join(self.tmp, "error.log")
         self.pid_path = os.path.join(self.tmp, "srv.pid")
         self.status_path = os.path.join(self.tmp, "status.json")
-        cmd = [SRV, "-b", self.bind] + (["-w", str(workers)] if workers is not None else []) + ["--pid", self.pid_path,
-               "--status-file", self.status_path,
-               "--snapshot-dir", os.path.join(self.tmp, "snapshots")] + list(args)
+        cmd = [SRV, "-b", self.bind] + (["-w", str(workers)] if workers is not None else []) + ["--pid", self.pid_path] \
+            + (["--status-file", self.status_path] if status_file else []) + list(args)
         cmd = list(wrapper or []) + cmd
         full_env = dict(os.environ)
         full_env.update(env or {})

@@ -200,8 +200,7 @@ def serve_and_fail(path, tmp_path):
     """Runs `srv --app path`, expecting it to refuse; returns the process and its output."""
     p = subprocess.run([SRV, "--app", path, "-b", f"127.0.0.1:{free_port()}", "-w", "1",
                         "--pid", str(tmp_path / "srv.pid"),
-                        "--status-file", str(tmp_path / "status.json"),
-                        "--snapshot-dir", str(tmp_path / "snapshots")],
+                        "--status-file", str(tmp_path / "status.json")],
                        capture_output=True, text=True, timeout=30)
     return p, p.stdout + p.stderr
 

@@ -317,7 +317,7 @@ def reloaded(work, module_servers):
     assert after["extensions"]["srv.generation"] != before["extensions"]["srv.generation"], s.read_log()
     pid_after = int(after["extensions"]["srv.worker_pid"])
     return {"server": s, "app": app, "before": before, "after": after, "maps_before": maps_before,
-            "maps_after": mapped_files(pid_after), "snapshots": os.path.join(s.tmp, "snapshots")}
+            "maps_after": mapped_files(pid_after), "held_after": snapshots_held(pid_after)}
 
 
 @pytest.fixture(scope="module")
@@ -543,6 +543,20 @@ def tables_json(server, prefix="/t"):
 def mapped_files(pid):
     with open(f"/proc/{pid}/maps") as f:
         return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
+
+def snapshots_held(pid):
+    """The snapshots process `pid` holds open, by memory file name (`srv-<hash>-<file>`):
+    the paths under /proc that read their content."""
+    held = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if re.match(r"/memfd:srv-[0-9a-f]{12}-", target):
+            held[target[len("/memfd:"):].removesuffix(" (deleted)")] = f"/proc/{pid}/fd/{fd}"
+    return held
 
 
 def log_since(server, mark):
@@ -953,9 +967,9 @@ def check_srv_app_hash(reloaded, inline):
     assert environ_of(inline.port)["extensions"]["srv.app_hash"] == sha256(plugin("conformance"))
     h1, h2 = reloaded["before"]["extensions"]["srv.app_hash"], reloaded["after"]["extensions"]["srv.app_hash"]
     assert (h1, h2) == (sha256(plugin("conformance")), sha256(plugin("conformance2"))), (h1, h2)
-    snaps = [os.path.join(dp, f) for dp, _, fs in os.walk(reloaded["snapshots"]) for f in fs]
-    current = [p for p in snaps if os.path.basename(p) == f"{h2[:16]}-libapp.so"]
-    assert current and sha256(current[0]) == h2, snaps
+    held = reloaded["held_after"]
+    current = held.get(f"srv-{h2[:12]}-libapp.so")
+    assert current and sha256(current) == h2, held
 
 
 # =======================================================================================
@@ -1435,23 +1449,21 @@ def check_descriptor_forever(inline, unload_run):
 @row("lifetimes", "The plugin's code and static data")
 def check_never_dlclosed(inline, reloaded):
     """Until the worker exits: static data keeps counting in the same process, the
-    snapshot stays mapped, and a reload maps a new snapshot path in new workers."""
+    snapshot stays mapped, and a reload maps a new snapshot in new workers."""
     first = request(inline.port, path="/counter").body.split()
     for _ in range(5):
         request(inline.port, path="/t/?op=sizes")
     second = request(inline.port, path="/counter").body.split()
     assert first[1] == second[1] and int(second[3]) == int(first[3]) + 1, (first, second)
     pid = int(first[1])
-    snap = os.path.join(inline.tmp, "snapshots")
-    h = sha256(plugin("conformance"))[:16]
-    assert any(p.startswith(snap) and p.endswith(f"{h}-libconformance.so") for p in mapped_files(pid)), \
-        sorted(mapped_files(pid))
-    h1 = reloaded["before"]["extensions"]["srv.app_hash"][:16]
-    h2 = reloaded["after"]["extensions"]["srv.app_hash"][:16]
-    before = [p for p in reloaded["maps_before"] if p.endswith("-libapp.so")]
-    after = [p for p in reloaded["maps_after"] if p.endswith("-libapp.so")]
-    assert len(before) == 1 and os.path.basename(before[0]).startswith(h1), before
-    assert len(after) == 1 and os.path.basename(after[0]).startswith(h2) and after != before, after
+    h = sha256(plugin("conformance"))[:12]
+    assert f"/memfd:srv-{h}-libconformance.so (deleted)" in mapped_files(pid), sorted(mapped_files(pid))
+    h1 = reloaded["before"]["extensions"]["srv.app_hash"][:12]
+    h2 = reloaded["after"]["extensions"]["srv.app_hash"][:12]
+    before = [p for p in reloaded["maps_before"] if p.startswith("/memfd:srv-") and "-libapp.so" in p]
+    after = [p for p in reloaded["maps_after"] if p.startswith("/memfd:srv-") and "-libapp.so" in p]
+    assert before == [f"/memfd:srv-{h1}-libapp.so (deleted)"], before
+    assert after == [f"/memfd:srv-{h2}-libapp.so (deleted)"] and h1 != h2, after
 
 
 # =======================================================================================

@@ -837,7 +837,7 @@ def test_master_keeps_working_after_its_executable_is_replaced(serve, tmp_path):
 @pytest.mark.parametrize("name,cause", BROKEN)
 def test_start_with_broken_plugin_exits_nonzero_with_reason(name, cause, tmp_path):
     cmd = [SRV, "--app", plugin(name), "-b", f"127.0.0.1:{free_port()}", "-w", "2",
-           "--snapshot-dir", str(tmp_path / "snap"), "--pid", str(tmp_path / "pid"),
+           "--runtime-dir", str(tmp_path / "run"), "--pid", str(tmp_path / "pid"),
            "--boot-timeout", "2"]
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)

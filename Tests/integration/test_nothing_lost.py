@@ -28,7 +28,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Conn, plugin, request, status, wait_until
+from conftest import SRV, Conn, plugin, request, status, wait_until
 
 MiB = 1 << 20
 MB = 1000 * 1000
@@ -886,3 +886,37 @@ def test_a_long_inline_request_does_not_reset_its_neighbours(serve, keep_alive, 
     assert blocker.read_response().status == 200
     assert lost == [], f"{len(lost)} of 51 connections lost their request:\n" + "\n".join(lost[:10])
     assert answered == 51
+
+
+def test_a_removed_runtime_directory_costs_no_worker_reload_or_status(serve, tmp_path):
+    """logind removes $XDG_RUNTIME_DIR at logout and tmp cleaners clear /tmp/srv-UID. No
+    worker depends on a file there: with -w 1, a worker killed afterwards is replaced and
+    serves, a reload boots the new build, and the status file comes back for `srv status`."""
+    run = tmp_path / "run"
+    app = tmp_path / "libapp.so"
+    shutil.copy(plugin("hello"), app)
+    s = serve(["--app", str(app), "--runtime-dir", str(run)], workers=1, status_file=False)
+    status_file = run / f"master-{s.proc.pid}.json"
+    wait_until(status_file.exists, message="the status file in the runtime directory")
+    shutil.rmtree(run)
+    (worker,) = s.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: s.worker_pids() not in ([], [worker]), message="a replacement worker")
+
+    def served(body):
+        try:
+            return request(s.port).body == body
+        except OSError:
+            return False
+    wait_until(lambda: served(b"Hello, World!\n"), message=lambda: f"the replacement to serve:\n{s.read_log()[-3000:]}")
+    shutil.copy(plugin("valid"), app)
+    mark = len(s.read_log())
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"generation 2 ready", since=mark)
+    assert request(s.port).body == b"valid\n"
+    wait_until(status_file.exists, message="the status file, written again")
+    out = subprocess.run([SRV, "status", "--pid", s.pid_path, "--json"],
+                         capture_output=True, text=True, env=dict(os.environ, RUNTIME_DIRECTORY=str(run)))
+    assert out.returncode == 0, out
+    assert "was removed while srv ran; made it again" in s.read_log()
+    assert "keeps serving" not in s.read_log()

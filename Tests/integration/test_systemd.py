@@ -140,8 +140,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 
 def test_units_settings_fit_together():
     """TimeoutStopSec outlasts srv's graceful stop; the pid file is in RuntimeDirectory=;
-    srv keeps its runtime files where $RUNTIME_DIRECTORY says (no --snapshot-dir and no
-    --runtime-dir); the socket is systemd's (no -b)."""
+    srv keeps its runtime files where $RUNTIME_DIRECTORY says (no --runtime-dir); the
+    socket is systemd's (no -b)."""
     args = exec_start_args()
     assert one_value(SERVICE, "Service", "Type") == "notify"
     assert one_value(SERVICE, "Service", "NotifyAccess") == "all"
@@ -154,7 +154,7 @@ def test_units_settings_fit_together():
     assert int(stop.rstrip("s")) > graceful, (stop, graceful)
     pid = args[args.index("--pid") + 1]
     assert pid.startswith(f"/run/{runtime_dir_name()}/"), pid
-    for flag in ("--snapshot-dir", "--runtime-dir", "--status-file", "-b", "--bind"):
+    for flag in ("--runtime-dir", "--status-file", "-b", "--bind"):
         assert flag not in args, f"ExecStart has {flag}: {args}"
     listen = one_value(SOCKET, "Socket", "ListenStream")
     assert listen == "127.0.0.1:8000", listen  # the srv_tcp upstream of Examples/nginx/srv-site.conf
@@ -291,13 +291,11 @@ def test_exec_start_under_systemd(tmp_path):
         assert fields.get("MAINPID") == str(main) and pid == main, (pid, fields)
         assert _get(port).startswith(b"HTTP/1.1 200"), srv_log()
 
-        # RuntimeDirectory=: the pid file, the status file and the snapshots are there.
+        # RuntimeDirectory=: the pid file and the status file are there.
         with open(os.path.join(runtime, "srv.pid")) as f:
             assert f.read().strip() == str(main)
         names = os.listdir(runtime)
         assert f"master-{main}.json" in names, names
-        snapshots = os.path.join(runtime, "snapshots")
-        assert os.path.isdir(snapshots) and os.listdir(snapshots), names
 
         # USR2: a new master, started by this one.
         os.kill(main, signal.SIGUSR2)

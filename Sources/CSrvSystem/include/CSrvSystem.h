@@ -38,6 +38,11 @@ int srv_sys_accept_nonblocking(int fd);
  *  a response NIO finished writing may still be on its way to a slow reader. */
 int srv_sys_unsent_bytes(int fd);
 
+/** A close-on-exec memory file (memfd) named `name` holding `bytes`, sealed so that nobody
+ *  can change, grow or shrink it; its descriptor, or -1 with errno. A plugin snapshot: no
+ *  cleaner of /tmp or of $XDG_RUNTIME_DIR can delete what the master holds open. */
+int srv_sys_sealed_file(const char *name, const void *bytes, size_t count);
+
 /** Bytes received on a socket and not yet read (FIONREAD), or -1: a connection whose next
  *  request waits there while the worker was busy is not idle. */
 int srv_sys_unread_bytes(int fd);

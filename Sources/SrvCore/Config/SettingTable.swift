@@ -142,10 +142,8 @@ extension Setting {
                 showDefault: false),
 
         // MARK: The process
-        .text("snapshot-dir", \.snapshotDirectory, valueName: "DIR",
-              help: "Where private snapshots of applications are kept (default: snapshots in the runtime directory); owned by srv's user, mode 0700."),
         .text("runtime-dir", \.runtimeDirectory, valueName: "DIR",
-              help: "The status file and snapshots (default $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/srv, else /tmp/srv-UID)."),
+              help: "Where the status file goes (default $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/srv, else /tmp/srv-UID)."),
         .text("user", short: "u", \.user, valueName: "USER",
               help: "Run the workers as this user (name or uid); srv must start as root, which binds first."),
         .text("group", short: "g", \.group, valueName: "GROUP",

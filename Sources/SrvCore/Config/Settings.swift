@@ -52,9 +52,7 @@ public struct Settings: Codable, Equatable {
     public var bootTimeout = 30.0
     public var maxRequests = 0
     public var maxRequestsJitter = 0
-    /// Where snapshots are kept; nil: `snapshots` in the runtime directory.
-    public var snapshotDirectory: String?
-    /// Status files and snapshots (RuntimeDirectory.defaultPath unless set).
+    /// The status file's directory (RuntimeDirectory.defaultPath unless set).
     public var runtimeDirectory: String?
     /// The user and group workers run as (names or numbers); nil: srv's own.
     public var user: String?

@@ -73,25 +73,36 @@ public enum PluginCheck {
         }
     }
 
-    /// Starts the check of `path` in a child, with a time limit.
-    public static func start(path: String, snapshotDirectory: String, timeout: Double) -> Result<Running, SpawnError> {
+    /// The descriptor a check process finds the snapshot at (after its report pipe, fd 3).
+    static let contentFD: CInt = 4
+
+    /// Starts the check of `snapshot` in a child, with a time limit. The child inherits the
+    /// snapshot's content: it checks exactly the bytes workers would load.
+    public static func start(_ snapshot: Snapshot, timeout: Double) -> Result<Running, SpawnError> {
         guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a pipe")) }
         do {
-            let pid = try Spawn.srv(["check", "--in-process", "--snapshot-dir", snapshotDirectory, path], fds: [pipe.write],
-                                    extraEnvironment: [:])
+            let pid = try Spawn.srv(["check", "--in-process", "--content-hash", snapshot.hash, snapshot.source],
+                                    fds: [pipe.write, snapshot.descriptor], extraEnvironment: [:])
             close(pipe.write)
             _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
-            return .success(Running(path: path, pid: pid, output: pipe.read, timeout: timeout))
+            return .success(Running(path: snapshot.source, pid: pid, output: pipe.read, timeout: timeout))
         } catch {
             close(pipe.read); close(pipe.write)
             return .failure(error as? SpawnError ?? SpawnError(description: "\(error)"))
         }
     }
 
-    /// Runs the check of `path` in a child and waits for it (`srv check`).
-    public static func run(path: String, snapshotDirectory: String, timeout: Double = 10) -> Report {
+    /// Checks the plugin at `path` in a child and waits for it (`srv check`).
+    public static func run(path: String, timeout: Double = 10) -> Report {
+        let snapshot: Snapshot
+        do {
+            snapshot = try Snapshot.take(of: path)
+        } catch {
+            let e = error as? PluginError
+            return Report(path: path, valid: false, reason: e?.reason ?? "error", error: e?.description ?? "\(path): \(error)")
+        }
         let check: Running
-        switch start(path: path, snapshotDirectory: snapshotDirectory, timeout: timeout) {
+        switch start(snapshot, timeout: timeout) {
         case .success(let c): check = c
         case .failure(let e): return Report(path: path, valid: false, reason: "error", error: e.description)
         }
@@ -105,11 +116,12 @@ public enum PluginCheck {
         return check.report(status: status)
     }
 
-    /// The child's half: loads the plugin here and writes the report as JSON to fd 3.
-    public static func runInProcess(path: String, snapshotDirectory: String) -> Never {
+    /// The child's half: loads the snapshot it inherited (of `path`, with SHA-256 `hash`)
+    /// and writes the report as JSON to fd 3.
+    public static func runInProcess(path: String, hash: String) -> Never {
         let report: Report
         do {
-            let snapshot = try Snapshot.take(of: path, into: snapshotDirectory)
+            let snapshot = Snapshot(source: path, hash: hash, descriptor: contentFD)
             let plugin = try Plugin(file: snapshot.path, displayPath: path, snapshot: snapshot)
             try plugin.runLoadHook(mount: "", multithread: false, multiprocess: false)
             report = Report(path: path, valid: true, name: plugin.name, version: plugin.version,

@@ -1,46 +1,53 @@
 import CSrvSystem
 import Glibc
 
-/// A private, content-addressed copy of a plugin file. Workers load the snapshot, never the
-/// user's file, so `cp new.so libblog.so` over a running file cannot corrupt mapped code,
-/// and the SHA-256 of the content is the version users see in logs and `srv status`.
-public struct Snapshot: Equatable, Codable {
+/// A private copy of a plugin file's content. Workers load the snapshot, never the user's
+/// file, so `cp new.so libblog.so` over a running file cannot corrupt mapped code, and the
+/// SHA-256 of the content is the version users see in logs and `srv status`.
+///
+/// The copy is a sealed memory file (memfd) that the master holds open; a worker or check
+/// process inherits its descriptor and loads it through /proc/self/fd. Nothing is on disk:
+/// a tmp cleaner, or logind removing $XDG_RUNTIME_DIR at logout, cannot take it from a
+/// running server, and workers of another user (--user) need no directory they can read.
+public struct Snapshot: Codable {
     /// The file the user named.
     public var source: String
-    /// The private copy workers load.
-    public var path: String
     /// Hex SHA-256 of the content.
     public var hash: String
+    /// The content's descriptor in this process: the master's own, or the one a worker
+    /// inherited (then `owner` is nil).
+    public private(set) var descriptor: CInt
+    /// Keeps the master's descriptor open as long as a generation or a check uses it.
+    private var owner: SealedFile?
+
+    private enum CodingKeys: String, CodingKey { case source, hash, descriptor }
 
     public var shortHash: String { String(hash.prefix(12)) }
 
-    /// Copies `source` into `directory` (which must exist) under its hash, atomically with
-    /// rename. A file already there is reused only when its content has the same hash.
-    public static func take(of source: String, into directory: String) throws -> Snapshot {
-        let bytes: [UInt8]
-        do { bytes = try readFile(source) } catch let e as PluginError { throw e }
+    /// What `dlopen` loads in this process.
+    public var path: String { "/proc/self/fd/\(descriptor)" }
+
+    /// Reads `source` into a sealed memory file named after it.
+    public static func take(of source: String) throws -> Snapshot {
+        let bytes = try readFile(source)
         let hash = sha256(bytes)
-        var base = source.split(separator: "/").last.map(String.init) ?? "plugin.so"
-        if !base.hasSuffix(".so") { base += ".so" }
-        let path = "\(directory)/\(hash.prefix(16))-\(base)"
-        if let existing = try? readFile(path), existing.count == bytes.count, sha256(existing) == hash {
-            return Snapshot(source: source, path: path, hash: hash)
-        }
-        let temp = "\(path).\(getpid()).tmp"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-        if fd < 0 { throw PluginError.snapshotFailed(path: source, reason: "\(temp): \(String(cString: strerror(errno)))") }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n <= 0 { close(fd); unlink(temp); throw PluginError.snapshotFailed(path: source, reason: "write failed: \(String(cString: strerror(errno)))") }
-            written += n
-        }
-        close(fd)
-        if rename(temp, path) != 0 {
-            unlink(temp)
-            throw PluginError.snapshotFailed(path: source, reason: "rename failed: \(String(cString: strerror(errno)))")
-        }
-        return Snapshot(source: source, path: path, hash: hash)
+        let base = source.split(separator: "/").last.map(String.init) ?? "plugin.so"
+        let fd = bytes.withUnsafeBytes { srv_sys_sealed_file("srv-\(hash.prefix(12))-\(base)", $0.baseAddress, $0.count) }
+        if fd < 0 { throw PluginError.snapshotFailed(path: source, reason: "memfd_create: \(String(cString: strerror(errno)))") }
+        return Snapshot(source: source, hash: hash, descriptor: fd, owner: SealedFile(fd))
+    }
+
+    /// This snapshot as a child process sees it, which inherited it at `descriptor`.
+    public func inherited(at descriptor: CInt) -> Snapshot {
+        Snapshot(source: source, hash: hash, descriptor: descriptor, owner: nil)
+    }
+
+    /// A snapshot for tests and for a process that already holds the content at `descriptor`.
+    init(source: String, hash: String, descriptor: CInt, owner: SealedFile? = nil) {
+        self.source = source
+        self.hash = hash
+        self.descriptor = descriptor
+        self.owner = owner
     }
 
     static func readFile(_ path: String) throws -> [UInt8] {
@@ -64,18 +71,18 @@ public struct Snapshot: Equatable, Codable {
         bytes.withUnsafeBytes { srv_sys_sha256($0.baseAddress, $0.count, &digest) }
         return digest.map { String(format2: $0) }.joined()
     }
+}
 
-    /// Deletes the snapshot files in `directory` that are not in `keeping` (paths); returns
-    /// how many. Only the master that owns the directory calls it.
-    @discardableResult
-    public static func removeUnreferenced(in directory: String, keeping: Set<String>) -> Int {
-        var removed = 0
-        for name in Directory.names(in: directory) ?? [] where name.hasSuffix(".so") || name.hasSuffix(".tmp") {
-            let path = "\(directory)/\(name)"
-            if !keeping.contains(path), unlink(path) == 0 { removed += 1 }
-        }
-        return removed
-    }
+/// Two snapshots are the same build of the same file, whichever process holds them.
+extension Snapshot: Equatable {
+    public static func == (a: Snapshot, b: Snapshot) -> Bool { a.source == b.source && a.hash == b.hash }
+}
+
+/// A descriptor closed when the last snapshot that uses it is gone.
+final class SealedFile {
+    let fd: CInt
+    init(_ fd: CInt) { self.fd = fd }
+    deinit { close(fd) }
 }
 
 extension String {

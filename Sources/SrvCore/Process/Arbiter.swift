@@ -45,12 +45,10 @@ public final class Arbiter {
     let notify = SystemdNotify()
     var watcher: AppWatcher?
     let startedAt = Date()
-    /// The status file and snapshots live here (RuntimeDirectory).
+    /// The status file lives here (RuntimeDirectory).
     let runtimeDirectory: String
-    /// Where snapshots of all masters of this user live, and this master's own part of it:
-    /// only this master adds or deletes files there.
-    let snapshotRoot: String
-    let snapshotDirectory: String
+    /// The runtime directory could not be made again: said once.
+    var runtimeDirectoryProblemLogged = false
     var statusWriter: StatusWriter
     /// The TCP listeners were opened for --reuse-port (decided once, at start): the
     /// master's own sockets hold the addresses without listening.
@@ -72,8 +70,6 @@ public final class Arbiter {
         self.settings = settings
         self.logger = ErrorLog.logger(label: "srv.master", level: Logger.Level(setting: settings.logLevel))
         runtimeDirectory = settings.runtimeDirectory ?? RuntimeDirectory.defaultPath
-        snapshotRoot = settings.snapshotDirectory ?? "\(runtimeDirectory)/snapshots"
-        snapshotDirectory = "\(snapshotRoot)/master-\(getpid())"
         statusWriter = StatusWriter(path: settings.statusFile ?? "\(runtimeDirectory)/\(ArbiterStatus.fileName(forMaster: getpid()))")
     }
 
@@ -96,7 +92,7 @@ public final class Arbiter {
         if let pidFile = settings.pidFile { writePidFile(pidFile) }
         let files = raiseFileLimit()
         logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? ""); \(files) open files per process")
-        preparation = Preparation(settings: settings, previous: nil, snapshotDirectory: snapshotDirectory, logger: logger)
+        preparation = Preparation(settings: settings, previous: nil, logger: logger)
         if settings.reload { watcher = AppWatcher(settings: settings, logger: logger) }
         return loop()
     }
@@ -138,7 +134,6 @@ public final class Arbiter {
         }
         // The status file and Unix socket files belong to the new master after USR2.
         if reexecChild == nil || settings.statusFile == nil { unlink(statusWriter.path) }
-        try? FileManager.default.removeItem(atPath: snapshotDirectory)
         if reexecChild == nil {
             for l in listeners + [metricsServer?.listener].compactMap({ $0 }) { if case .unix(let path) = l.address { unlink(path) } }
         }
@@ -229,7 +224,6 @@ public final class Arbiter {
         settings = g.settings
         lastReloadError = nil
         if previous != nil { metrics.reloads["promoted", default: 0] += 1 }
-        removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
         if let old = previous {
             logger.info("generation \(number) ready (\(g.versions)); retiring generation \(old)")
@@ -249,12 +243,14 @@ public final class Arbiter {
 
     private func reloadFailed(_ reason: String) {
         let serving = supervisor.currentGeneration
-        logger.error("reload failed: \(reason); generation \(serving?.number ?? 0) (\(serving?.versions ?? "")) keeps serving")
+        // Only a generation with a worker that is ready serves anything.
+        let ready = serving.map { g in supervisor.workers.values.filter { $0.generation == g.number && $0.state == .serving }.count } ?? 0
+        let keeps = ready > 0 ? "keeps serving with \(ready) worker(s)" : "has no worker serving (srv keeps starting them)"
+        logger.error("reload failed: \(reason); generation \(serving?.number ?? 0) (\(serving?.versions ?? "")) \(keeps)")
         lastReloadError = reason
         metrics.reloads["failed", default: 0] += 1
-        removeUnreferencedSnapshots()
         writeStatusIfDue(force: true)
-        notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(serving?.number ?? 0) keeps serving")
+        notify.send("READY=1\nSTATUS=reload failed: \(reason.prefix(200)); generation \(serving?.number ?? 0) \(keeps)")
     }
 
     // MARK: - Reload: a new generation of processes
@@ -283,8 +279,7 @@ public final class Arbiter {
             logger.warning("reload: bind addresses changed; listeners are kept for the life of the master (restart srv to change them)")
         }
         logger.logLevel = Logger.Level(setting: fresh.logLevel)
-        preparation = Preparation(settings: fresh, previous: supervisor.currentGeneration?.apps,
-                                  snapshotDirectory: snapshotDirectory, logger: logger)
+        preparation = Preparation(settings: fresh, previous: supervisor.currentGeneration?.apps, logger: logger)
         bootPreparedGeneration()
     }
 
@@ -327,17 +322,32 @@ public final class Arbiter {
     // MARK: - Workers
 
     /// Starts one worker of `generation`: its control pipe, its scoreboard (an entry per
-    /// application thread) and the listeners at fds 3, 4, 5...
+    /// application thread), the listeners and the applications' snapshots at fds 3, 4, 5...
     private func spawnWorker(_ generation: Generation) -> Result<pid_t, SpawnError> {
         guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a control pipe")) }
         guard let scoreboard = Scoreboard(name: "srv-worker", entries: Scoreboard.entries(threads: generation.settings.threads)) else {
             close(pipe.read); close(pipe.write)
             return .failure(SpawnError(description: "cannot create a scoreboard"))
         }
+        let listenerFDs = workerListenerFDs()
+        defer { for (fd, own) in listenerFDs where own { close(fd) } }
+        var fds = [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd }
+        // Each snapshot's content follows at the next descriptor: one per file, so two
+        // mounts of one file share a dlopen handle and copies of a file under two names
+        // are two applications, each with its own state.
+        var apps = generation.apps
+        var inherited: [String: CInt] = [:]
+        for i in apps.indices {
+            let snapshot = apps[i].snapshot
+            let key = snapshot.source + "\0" + snapshot.hash
+            let at = inherited[key] ?? 3 + CInt(fds.count)
+            if inherited[key] == nil { inherited[key] = at; fds.append(snapshot.descriptor) }
+            apps[i].snapshot = snapshot.inherited(at: at)
+        }
         let encoder = JSONEncoder()
         var environment = [
             WorkerChannel.settingsVariable: String(decoding: (try? encoder.encode(generation.settings)) ?? Data(), as: UTF8.self),
-            WorkerChannel.appsVariable: String(decoding: (try? encoder.encode(generation.apps)) ?? Data(), as: UTF8.self),
+            WorkerChannel.appsVariable: String(decoding: (try? encoder.encode(apps)) ?? Data(), as: UTF8.self),
             WorkerChannel.generationVariable: String(generation.number),
             WorkerChannel.listenersVariable: String(listeners.count),
             WorkerChannel.masterVariable: String(getpid()),
@@ -346,10 +356,8 @@ public final class Arbiter {
             let eq = pair.firstIndex(of: "=")!
             environment[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
         }
-        let listenerFDs = workerListenerFDs()
-        defer { for (fd, own) in listenerFDs where own { close(fd) } }
         do {
-            let pid = try Spawn.srv(["worker"], fds: [pipe.write, scoreboard.fd] + listenerFDs.map { $0.fd },
+            let pid = try Spawn.srv(["worker"], fds: fds,
                                     extraEnvironment: environment,
                                     removing: ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "SRV_INHERIT_LISTENERS", "SRV_INHERIT_REUSEPORT", "SRV_OLD_MASTER_PID", "SRV_INHERIT_METRICS_FD"])
             close(pipe.write)
@@ -455,17 +463,11 @@ public final class Arbiter {
         }
     }
 
-    /// The runtime directory, the snapshot directories (owned by the workers' user, 0700),
-    /// and, when the workers drop to --user, log files they can append to (as Gunicorn does).
+    /// The runtime directory (the master's, 0700: it holds the status file), and, when the
+    /// workers drop to --user, log files they can append to (as Gunicorn does).
     private func prepareRuntimeFiles() throws {
         let me = geteuid()
-        let owner = settings.workerUID ?? me
-        // Workers of another user must pass through the runtime directory to the snapshots.
-        try RuntimeDirectory.prepare(runtimeDirectory, owner: me, mode: owner == me ? 0o700 : 0o711, exactMode: false,
-                                     what: "runtime directory")
-        try RuntimeDirectory.prepare(snapshotRoot, owner: owner, mode: 0o700, exactMode: true, what: "snapshot directory")
-        removeSnapshotsOfDeadMasters()
-        try RuntimeDirectory.prepare(snapshotDirectory, owner: owner, mode: 0o700, exactMode: true, what: "snapshot directory")
+        try RuntimeDirectory.prepare(runtimeDirectory, owner: me, mode: 0o700, exactMode: false, what: "runtime directory")
         if me == 0, let uid = settings.workerUID {
             for path in [settings.errorLogFile, settings.accessLogFile].compactMap({ $0 }) where path != "-" {
                 let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
@@ -486,24 +488,6 @@ public final class Arbiter {
             if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
         }
         return UInt(limit.rlim_cur)
-    }
-
-    /// A master that was killed leaves its snapshots behind; the next one removes them.
-    private func removeSnapshotsOfDeadMasters() {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: snapshotRoot) else { return }
-        for name in names where name.hasPrefix("master-") {
-            guard let pid = pid_t(name.dropFirst(7)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
-            try? FileManager.default.removeItem(atPath: "\(snapshotRoot)/\(name)")
-            logger.debug("removed the snapshots of master \(pid), which is gone")
-        }
-    }
-
-    /// Deletes the snapshots no generation of this master can start workers from any more.
-    private func removeUnreferencedSnapshots() {
-        let kept = Set(([supervisor.currentGeneration, supervisor.pendingGeneration].compactMap { $0 }).flatMap { $0.apps.map { $0.snapshot.path } })
-            .union(preparation?.snapshotPaths ?? [])
-        let removed = Snapshot.removeUnreferenced(in: snapshotDirectory, keeping: kept)
-        if removed > 0 { logger.debug("removed \(removed) snapshot(s) no generation uses") }
     }
 
     /// The listeners a new worker gets. With --reuse-port, a TCP listener is a socket of
@@ -582,8 +566,20 @@ public final class Arbiter {
         let now = Instant.now()
         guard statusWriter.isDue(now: now, force: force) else { return }
         let counters = links.mapValues { ArbiterStatus.WorkerCounters(served: $0.scoreboard.requestsServed, inFlight: $0.scoreboard.requestsInFlight) }
-        statusWriter.write(ArbiterStatus(masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970,
-                                         listeners: listeners.map { $0.boundDescription }, supervisor: supervisor,
-                                         counters: counters, appErrors: appErrors, lastReloadError: lastReloadError, now: now))
+        let status = ArbiterStatus(masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970,
+                                   listeners: listeners.map { $0.boundDescription }, supervisor: supervisor,
+                                   counters: counters, appErrors: appErrors, lastReloadError: lastReloadError, now: now)
+        if statusWriter.write(status) { return }
+        // A cleaner removed the runtime directory (logind at logout, a tmp cleaner): the
+        // status file's place is made again, so that `srv status` keeps finding this master.
+        guard settings.statusFile == nil, access(runtimeDirectory, F_OK) != 0 else { return }
+        do {
+            try RuntimeDirectory.prepare(runtimeDirectory, owner: geteuid(), mode: 0o700, exactMode: false, what: "runtime directory")
+            logger.warning("the runtime directory \(runtimeDirectory) was removed while srv ran; made it again for the status file")
+            statusWriter.write(status)
+        } catch {
+            if !runtimeDirectoryProblemLogged { logger.error("\(error); `srv status` cannot find this master until it is back") }
+            runtimeDirectoryProblemLogged = true
+        }
     }
 }

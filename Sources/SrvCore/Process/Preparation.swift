@@ -33,7 +33,7 @@ public final class Preparation {
 
     /// Takes the snapshots and starts the checks. `previous` is the serving generation's
     /// applications: an unchanged build is reused without a check.
-    public init(settings: Settings, previous: [WorkerApp]?, snapshotDirectory: String, logger: Logger) {
+    public init(settings: Settings, previous: [WorkerApp]?, logger: Logger) {
         self.settings = settings
         self.previous = previous ?? []
         let explicit = settings.mounts
@@ -42,7 +42,7 @@ public final class Preparation {
             let isDirectoryApp = !explicit.contains(mount)
             let old = self.previous.first { $0.prefix == mount.prefix }
             do {
-                let snapshot = try Snapshot.take(of: mount.path, into: snapshotDirectory)
+                let snapshot = try Snapshot.take(of: mount.path)
                 if let old = old, old.snapshot.hash == snapshot.hash {
                     entries.append(.ready(old))
                     continue
@@ -52,7 +52,7 @@ public final class Preparation {
                     entries.append(.ready(WorkerApp(prefix: mount.prefix, snapshot: snapshot)))
                     continue
                 }
-                switch PluginCheck.start(path: snapshot.path, snapshotDirectory: snapshotDirectory, timeout: settings.bootTimeout) {
+                switch PluginCheck.start(snapshot, timeout: settings.bootTimeout) {
                 case .success(let check):
                     checks[check.pid] = check
                     entries.append(.checking(mount: mount, snapshot: snapshot, old: old, isDirectoryApp: isDirectoryApp, pid: check.pid))
@@ -62,17 +62,6 @@ public final class Preparation {
             } catch {
                 let message = (error as? PluginError)?.withReason ?? "\(error)"
                 entries.append(.refused(mount: mount, message: message, old: old, isDirectoryApp: isDirectoryApp))
-            }
-        }
-    }
-
-    /// The snapshots this preparation may boot workers from (kept by snapshot cleanup).
-    public var snapshotPaths: [String] {
-        entries.compactMap { entry in
-            switch entry {
-            case .ready(let app): return app.snapshot.path
-            case .checking(_, let snapshot, _, _, _): return snapshot.path
-            case .refused(_, _, let old, _): return old?.snapshot.path
             }
         }
     }
@@ -100,7 +89,7 @@ public final class Preparation {
         if report.valid {
             entries[i] = .ready(WorkerApp(prefix: mount.prefix, snapshot: snapshot))
         } else {
-            let message = (report.error ?? "invalid").replacingSnapshot(snapshot.path, with: mount.path) + (report.reason.map { " [\($0)]" } ?? "")
+            let message = (report.error ?? "invalid") + (report.reason.map { " [\($0)]" } ?? "")
             entries[i] = .refused(mount: mount, message: message, old: old, isDirectoryApp: isDirectoryApp)
         }
         return true

@@ -53,7 +53,7 @@ public enum RuntimeDirectory {
             guard lstat(path, &st) == 0 else { throw Problem(description: "\(what) \(path): \(String(cString: strerror(errno)))") }
         }
         let found = st.st_mode & 0o7777
-        let fix = "remove it, or choose another place (--runtime-dir, --snapshot-dir)"
+        let fix = "remove it, or choose another place (--runtime-dir)"
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
             throw Problem(description: "\(what) \(path): expected a directory owned by uid \(owner), found \((st.st_mode & S_IFMT) == S_IFLNK ? "a symbolic link" : "a file"); \(fix)")
         }

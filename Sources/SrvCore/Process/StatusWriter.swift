@@ -17,11 +17,14 @@ struct StatusWriter {
         return true
     }
 
-    func write(_ status: ArbiterStatus) {
-        guard let data = try? JSONEncoder().encode(status) else { return }
+    /// False when the file could not be written (its directory is gone, for example).
+    @discardableResult
+    func write(_ status: ArbiterStatus) -> Bool {
+        guard let data = try? JSONEncoder().encode(status) else { return false }
         let temp = path + ".tmp"
         // 0600: it names the requests in flight; root's `srv status` reads any master's.
-        if FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600]) { rename(temp, path) }
+        return FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600])
+            && rename(temp, path) == 0
     }
 }
 

@@ -127,10 +127,7 @@ public enum WorkerProcess {
                                        multiprocess: settings.workers > 1)
                 mounted.append(MountedApp(mount: app.prefix, plugin: plugin, metricsSlot: mounted.count + 1))
             } catch let e as PluginError {
-                var message = e.description
-                if case .unreadable = e, let uid = settings.workerUID {
-                    message += " The workers run as uid \(uid): the snapshot \(app.snapshot.path) and every directory above it must be readable by that user."
-                }
+                let message = e.description
                 logger.error("\(message)")
                 send(.failed(reason: e.reason, message: message))
                 exit(3)
