@@ -262,6 +262,30 @@ def low_port():
 
 
 @pytest.mark.root
+def test_workers_of_another_user_start_where_root_srv_ran_before(serve, tmp_path):
+    """Run as root with -u, as the README and Examples/nginx show it, on a machine where a
+    root srv ran before (its runtime directory $XDG_RUNTIME_DIR/srv is root's, 0700) and
+    with the plugin in a directory only root can read: the workers need neither (srv
+    refused to start, or its workers could not load the plugin)."""
+    user = pwd.getpwnam(unprivileged_user())
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copy(plugin("hello"), private / "libhello.so")
+    env = {"XDG_RUNTIME_DIR": str(xdg), "RUNTIME_DIRECTORY": ""}
+    first = serve(["--app", str(private / "libhello.so")], env=env, status_file=False)
+    assert request(first.port).status == 200
+    first.stop()
+    assert (xdg / "srv").is_dir() and os.stat(xdg / "srv").st_uid == 0
+    s = serve(["--app", str(private / "libhello.so"), "-u", user.pw_name], env=env, status_file=False)
+    assert request(s.port).body == b"Hello, World!\n"
+    for w in s.worker_pids():
+        assert ids_of(w)[0] == user.pw_uid
+    assert os.path.exists(xdg / "srv" / f"master-{s.proc.pid}.json")
+
+
+@pytest.mark.root
 def test_master_binds_a_low_port_and_workers_run_as_the_user(serve, tmp_path):
     user = pwd.getpwnam(unprivileged_user())
     port = low_port()
