@@ -88,7 +88,7 @@ func serve(_ flags: [SettingSources.Value], checkConfig: Bool) throws {
         if let dir = settings.appsDir { paths += AppsDirectory.scan(dir, logger: nil).map { $0.path } }
         var invalid = 0
         for path in paths {
-            let r = PluginCheck.run(path: path, timeout: settings.bootTimeout)
+            let r = PluginCheck.run(path: path, timeout: settings.bootTimeout, strict: !settings.insecurePlugins)
             if r.valid {
                 print("app ok  \(path)  (\(r.name ?? "") \(r.version ?? ""))")
             } else {
@@ -120,6 +120,12 @@ struct Check: ParsableCommand {
     var timeout: Double = 10
     @Option(name: .customLong("content-hash"), help: .hidden)
     var contentHash: String?
+    @Option(name: .customLong("uid"), help: .hidden)
+    var uid: UInt32?
+    @Option(name: .customLong("gid"), help: .hidden)
+    var gid: UInt32?
+    @Flag(name: .customLong("insecure-plugins"), help: "Check plugins that users other than yours and root may write, as `srv --insecure-plugins` serves them.")
+    var insecurePlugins = false
     @Flag(name: .customLong("in-process"), help: .hidden)
     var inProcess = false
     @Argument(help: ArgumentHelp("Plugins to check.", valueName: "PATH.so"))
@@ -130,8 +136,8 @@ struct Check: ParsableCommand {
     }
 
     func run() throws {
-        if inProcess, let hash = contentHash { PluginCheck.runInProcess(path: paths[0], hash: hash) }
-        let reports = paths.map { PluginCheck.run(path: $0, timeout: timeout) }
+        if inProcess, let hash = contentHash { PluginCheck.runInProcess(path: paths[0], hash: hash, uid: uid, gid: gid) }
+        let reports = paths.map { PluginCheck.run(path: $0, timeout: timeout, strict: !insecurePlugins) }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -29,7 +29,7 @@ final class SettingTableTests: XCTestCase {
     /// A valid value of each setting that is not its default.
     private let samples: [String: String] = [
         "app": "/b.so", "mount": "/m=/m.so", "apps-dir": "/tmp", "bind": "127.0.0.1:9999", "backlog": "16",
-        "reuse-port": "true", "workers": "3", "threads": "4", "keep-alive": "7", "body-timeout": "9",
+        "reuse-port": "true", "insecure-plugins": "true", "workers": "3", "threads": "4", "keep-alive": "7", "body-timeout": "9",
         "send-timeout": "11", "metrics-bind": "127.0.0.1:9998", "limit-request-line": "100",
         "limit-request-fields": "7", "limit-request-field-size": "99", "limit-request-body": "1234",
         "body-memory-limit": "4321", "spool-dir": "/var/tmp", "forwarded-allow-ips": "10.0.0.0/8",

@@ -9,12 +9,13 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 
 import pytest
 
-from conftest import PLUGINS, SRV, free_port, plugin
+from conftest import PLUGINS, SRV, free_port, plugin, request
 
 
 def check(*args, timeout=30):
@@ -227,3 +228,47 @@ def test_serve_missing_file_exits(tmp_path):
     p, out = serve_and_fail(path, tmp_path)
     assert p.returncode != 0, out
     assert "no such file" in out and path in out, out
+
+
+# ---------------------------------------------------------------------------------------
+# Who may put code into srv (StrictModes)
+# ---------------------------------------------------------------------------------------
+
+def test_a_plugin_others_may_write_is_refused_unless_insecure_plugins(tmp_path, serve):
+    """A plugin any local user can write would run their code as srv's user (as root, for a
+    root srv) at the next HUP: srv check and srv refuse it, naming the path, the mode and
+    the one flag that overrides."""
+    app = tmp_path / "libapp.so"
+    shutil.copy(plugin("hello"), app)
+    os.chmod(app, 0o666)
+    rc, out = check(str(app))
+    assert rc == 1 and f"{app}: the file is mode 666: writable by anyone" in out and "--insecure-plugins" in out, out
+    rc, reports = check_json(str(app))
+    assert reports[0]["reason"] == "writable-by-others", reports
+    p, out = serve_and_fail(str(app), tmp_path)
+    assert p.returncode == 1 and "[writable-by-others]" in out and f"chmod go-w {app}" in out, out
+    assert check("--insecure-plugins", str(app))[0] == 0
+    s = serve(["--app", str(app), "--insecure-plugins"])
+    assert request(s.port).status == 200
+
+
+def test_a_plugin_under_a_directory_others_may_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "apps").mkdir(parents=True)
+    os.chmod(shared, 0o777)
+    app = shared / "apps" / "libapp.so"
+    shutil.copy(plugin("hello"), app)
+    os.chmod(app, 0o644)
+    rc, out = check(str(app))
+    assert rc == 1 and f"{shared} is mode 777: writable by anyone" in out, out
+
+
+def test_an_apps_dir_others_may_write_is_refused(tmp_path):
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    os.chmod(apps, 0o777)
+    p = subprocess.run([SRV, "--apps-dir", str(apps), "-b", f"127.0.0.1:{free_port()}", "--check-config"],
+                       capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and f"apps-dir {apps}: {apps} is mode 777: writable by anyone" in out, out
+    assert "--insecure-plugins" in out, out

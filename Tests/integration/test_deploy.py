@@ -380,3 +380,19 @@ def test_root_finds_the_status_of_another_users_master(tmp_path):
         p.wait(timeout=30)
         shutil.rmtree(run, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_root_without_user_is_a_choice_the_log_names(serve):
+    """Started as root without -u, the applications run as root: srv says so at start and
+    names the flag, as nginx and PostgreSQL make running as root a visible choice."""
+    s = serve(["--app", plugin("hello")])
+    assert "[WARNING] running as root without -u/--user" in s.read_log(), s.read_log()
+    assert "-u USER" in s.read_log()
+
+
+def test_an_ordinary_user_gets_no_root_warning(serve):
+    if os.geteuid() == 0:
+        pytest.skip("runs as an ordinary user")
+    s = serve(["--app", plugin("hello")])
+    assert "running as root" not in s.read_log()

@@ -361,7 +361,7 @@ REFUSED = {
     "missing-descriptor": ["nodescriptor"], "bad-magic": ["badmagic"], "abi-major-mismatch": ["abimajor"],
     "abi-minor-too-new": ["abiminor"], "descriptor-too-small": ["toosmall"], "missing-entry-point": ["noentry"],
     "swift-toolchain-mismatch": ["otherswift"], "load-hook-failed": ["loadfail"],
-    "crashed": ["loadcrash", "ctorcrash"], "hung": ["loadhang"],
+    "crashed": ["loadcrash", "ctorcrash"], "hung": ["loadhang"], "writable-by-others": ["writable"],
 }
 
 
@@ -392,6 +392,9 @@ def refusals(work, module_servers):
             elif name == "unreadable":
                 shutil.copyfile(plugin("valid"), path)
                 os.chmod(path, 0)
+            elif name == "writable":
+                shutil.copyfile(plugin("valid"), path)
+                os.chmod(path, 0o666)
             else:
                 shutil.copyfile(plugin(name), path)
                 os.chmod(path, 0o644)

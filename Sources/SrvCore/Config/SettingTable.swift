@@ -32,8 +32,13 @@ extension Setting {
                 if access(dir, R_OK | X_OK) != 0 {
                     return "apps-dir \(dir): cannot read it (\(String(cString: strerror(errno)))); check its permissions"
                 }
+                if !s.insecurePlugins, let p = PathTrust.problem(dir) {
+                    return "apps-dir \(dir): \(p.culprit) is \(p.found), so another user could put code into srv; expected it and every directory above it to belong to root or srv's user and be writable by no one else: run `chmod go-w \(p.culprit)` (or chown it), or pass --insecure-plugins"
+                }
                 return nil
             },
+        .toggle("insecure-plugins", \.insecurePlugins,
+                help: "Load plugin files and apps directories that users other than srv's and root may write (or a directory above them). srv refuses them by default, as OpenSSH's StrictModes does."),
 
         // MARK: Listening
         .list("bind", short: "b", \.binds, valueName: "ADDRESS",

@@ -77,11 +77,13 @@ public enum PluginCheck {
     static let contentFD: CInt = 4
 
     /// Starts the check of `snapshot` in a child, with a time limit. The child inherits the
-    /// snapshot's content: it checks exactly the bytes workers would load.
-    public static func start(_ snapshot: Snapshot, timeout: Double) -> Result<Running, SpawnError> {
+    /// snapshot's content: it checks exactly the bytes workers would load, as the user and
+    /// group they run as (`uid`, `gid`: no plugin code runs as root when workers do not).
+    public static func start(_ snapshot: Snapshot, timeout: Double, uid: UInt32? = nil, gid: UInt32? = nil) -> Result<Running, SpawnError> {
         guard let pipe = Spawn.pipe() else { return .failure(SpawnError(description: "cannot create a pipe")) }
+        let identity = (uid.map { ["--uid", String($0)] } ?? []) + (gid.map { ["--gid", String($0)] } ?? [])
         do {
-            let pid = try Spawn.srv(["check", "--in-process", "--content-hash", snapshot.hash, snapshot.source],
+            let pid = try Spawn.srv(["check", "--in-process", "--content-hash", snapshot.hash] + identity + [snapshot.source],
                                     fds: [pipe.write, snapshot.descriptor], extraEnvironment: [:])
             close(pipe.write)
             _ = fcntl(pipe.read, F_SETFL, O_NONBLOCK)
@@ -92,10 +94,13 @@ public enum PluginCheck {
         }
     }
 
-    /// Checks the plugin at `path` in a child and waits for it (`srv check`).
-    public static func run(path: String, timeout: Double = 10) -> Report {
+    /// Checks the plugin at `path` in a child and waits for it (`srv check`). `strict`:
+    /// refuse a plugin others may write (PathTrust), as serving does without
+    /// --insecure-plugins.
+    public static func run(path: String, timeout: Double = 10, strict: Bool = true) -> Report {
         let snapshot: Snapshot
         do {
+            if strict { try PathTrust.check(path) }
             snapshot = try Snapshot.take(of: path)
         } catch {
             let e = error as? PluginError
@@ -118,9 +123,12 @@ public enum PluginCheck {
 
     /// The child's half: loads the snapshot it inherited (of `path`, with SHA-256 `hash`)
     /// and writes the report as JSON to fd 3.
-    public static func runInProcess(path: String, hash: String) -> Never {
+    public static func runInProcess(path: String, hash: String, uid: UInt32?, gid: UInt32?) -> Never {
         let report: Report
         do {
+            if let problem = Identity.drop(uid: uid, gid: gid) {
+                throw PluginError.unreadable(path: path, reason: "cannot switch to uid \(uid.map(String.init) ?? "-") gid \(gid.map(String.init) ?? "-") to load it: \(problem)")
+            }
             let snapshot = Snapshot(source: path, hash: hash, descriptor: contentFD)
             let plugin = try Plugin(file: snapshot.path, displayPath: path, snapshot: snapshot)
             try plugin.runLoadHook(mount: "", multithread: false, multiprocess: false)

@@ -92,6 +92,9 @@ public final class Arbiter {
         if let pidFile = settings.pidFile { writePidFile(pidFile) }
         let files = raiseFileLimit()
         logger.info("srv \(GatewayABI.serverVersion.dropFirst(4)) master \(getpid()) listening at \(listeners.map { l in BindAddress.parse(l.boundDescription).map { "http://\($0.explained)" }.get(or: l.boundDescription) }.joined(separator: ", "))\(settings.workerUID.map { "; workers run as uid \($0) gid \(settings.workerGID ?? $0)" } ?? ""); \(files) open files per process")
+        if geteuid() == 0 && settings.workerUID == nil {
+            logger.warning("running as root without -u/--user: the workers, and so the applications, run as root; give -u USER (for example -u nobody) to run them as an ordinary user")
+        }
         preparation = Preparation(settings: settings, previous: nil, logger: logger)
         if settings.reload { watcher = AppWatcher(settings: settings, logger: logger) }
         return loop()

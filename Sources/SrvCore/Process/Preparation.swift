@@ -42,6 +42,7 @@ public final class Preparation {
             let isDirectoryApp = !explicit.contains(mount)
             let old = self.previous.first { $0.prefix == mount.prefix }
             do {
+                if !settings.insecurePlugins { try PathTrust.check(mount.path) }
                 let snapshot = try Snapshot.take(of: mount.path)
                 if let old = old, old.snapshot.hash == snapshot.hash {
                     entries.append(.ready(old))
@@ -52,7 +53,7 @@ public final class Preparation {
                     entries.append(.ready(WorkerApp(prefix: mount.prefix, snapshot: snapshot)))
                     continue
                 }
-                switch PluginCheck.start(snapshot, timeout: settings.bootTimeout) {
+                switch PluginCheck.start(snapshot, timeout: settings.bootTimeout, uid: settings.workerUID, gid: settings.workerGID) {
                 case .success(let check):
                     checks[check.pid] = check
                     entries.append(.checking(mount: mount, snapshot: snapshot, old: old, isDirectoryApp: isDirectoryApp, pid: check.pid))
