@@ -71,8 +71,10 @@ test-sanitize: blog examples test-plugins
 run: build blog
 	@mkdir -p build/blog-data
 	@echo "srv: serving Examples/blog at http://$(BIND)/  (Ctrl-C stops; kill -HUP \$$(cat build/srv.pid) reloads)"
+	@# exec: srv takes the shell's place, so the TERM make passes on when it is killed
+	@# (`kill PID` of a `make run &`) reaches srv instead of leaving it running.
 	BLOG_DATA_DIR=$(CURDIR)/build/blog-data BLOG_STATIC_DIR=$(CURDIR)/Examples/blog/static \
-		$(SRV) --app $(BUILD)/libblog.so -b $(BIND) -w $(WORKERS) --pid build/srv.pid --access-logfile -
+		exec $(SRV) --app $(BUILD)/libblog.so -b $(BIND) -w $(WORKERS) --pid build/srv.pid --access-logfile -
 
 bench: build examples
 	@Tests/deps.sh bench
@@ -120,8 +122,8 @@ SRV_HEADERS     := $(notdir $(wildcard PluginSDK/C/include/srv/*.h))
 INSTALL_EXAMPLES := systemd nginx
 
 install: $(INSTALL_DEPS)
+	@Tests/deps.sh install
 	@set -eu; \
-	command -v patchelf >/dev/null || { echo "make install: patchelf is missing (apt-get install patchelf)" >&2; exit 1; }; \
 	[ -n "$(VERSION)" ] || { echo "make install: no serverVersion in Sources/SrvCore/Plugin/GatewayABI.swift" >&2; exit 1; }; \
 	bin='$(SRV_INSTALL_BIN)'; root='$(INSTALL_ROOT)'; rt="$$root/lib/srv/swift"; \
 	[ -f "$$bin" ] || { echo "make install: $$bin missing (make build, or SRV_INSTALL_BIN=...)" >&2; exit 1; }; \
@@ -156,7 +158,10 @@ install: $(INSTALL_DEPS)
 		rm -rf "$$root/share/srv/examples/$$d"; cp -R "Examples/$$d" "$$root/share/srv/examples/$$d"; \
 		chmod -R u=rwX,go=rX "$$root/share/srv/examples/$$d"; fi; done; \
 	install -m 0644 LICENSE README.md CHANGELOG.md "$$root/share/doc/srv/"; \
-	echo "install: srv $(VERSION) in $$root (headers, srv-gateway.pc, share/srv/PluginSDK, docs, examples)"
+	echo "install: srv $(VERSION) in $$root (headers, srv-gateway.pc, share/srv/PluginSDK, docs, examples)"; \
+	if ! pkg-config --variable pc_path pkg-config | tr : '\n' | grep -qx '$(PREFIX)/lib/pkgconfig'; then \
+		echo "install: pkg-config does not look in $(PREFIX)/lib/pkgconfig; before \`pkg-config --cflags srv-gateway\`:"; \
+		echo "    export PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig"; fi
 
 uninstall:
 	rm -f '$(INSTALL_ROOT)/bin/srv' '$(INSTALL_ROOT)/lib/pkgconfig/srv-gateway.pc'

@@ -5,6 +5,7 @@
 #          python under /root), nginx and openssl (the deployment tests), patchelf and
 #          pkg-config (make install), and, as root, the unprivileged user srv-test that
 #          Tests/integration/run.sh runs the suite as
+#   install: patchelf and pkg-config (make install)
 #   bench: nginx-light, kore, gunicorn, uwsgi with python3, wrk
 set -euo pipefail
 step=${1:-build}
@@ -23,6 +24,10 @@ case "$step" in
     /usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
     command -v nginx >/dev/null || need+=(nginx-light)
     command -v openssl >/dev/null || need+=(openssl)
+    command -v patchelf >/dev/null || need+=(patchelf)
+    command -v pkg-config >/dev/null || need+=(pkg-config)
+    ;;
+  install)
     command -v patchelf >/dev/null || need+=(patchelf)
     command -v pkg-config >/dev/null || need+=(pkg-config)
     ;;

@@ -353,3 +353,60 @@ def test_posts_survive_a_hup_reload(blog):
     # the new generation can write too
     assert json_post(s.port, {"title": "after reload", "body": "x"}).status == 201
     assert len(api_posts(s.port)) == 2
+
+
+@pytest.mark.root
+def test_make_run_in_the_background_stops_with_kill(tmp_path):
+    """README: `make run` serves the blog. Started in the background and stopped with
+    `kill PID` (make's pid), srv stops too instead of staying behind, reparented to init and
+    holding the port. Root: the recipe writes build/ in the tree; nothing is rebuilt (-o)."""
+    import shutil
+    import subprocess
+    import time
+    from conftest import SRV, free_port, wait_until
+    if not os.path.exists(BLOG_SO):
+        pytest.fail(f"{BLOG_SO} missing: build the blog")
+    port = free_port()
+    build = tmp_path / "release"
+    build.mkdir()
+    shutil.copy(BLOG_SO, build / "libblog.so")
+    log = open(tmp_path / "make.log", "wb")
+    make = subprocess.Popen(["make", "--no-print-directory", "-C", ROOT, "-o", "build", "-o", "blog", "run",
+                             f"BIND=127.0.0.1:{port}", "WORKERS=1", f"SRV={SRV}", f"BUILD={build}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    pid_file = os.path.join(ROOT, "build", "srv.pid")
+    master = None
+    try:
+        wait_until(lambda: make.poll() is not None or request(port).status == 200 if _listening(port) else False,
+                   message=lambda: (tmp_path / "make.log").read_text())
+        assert make.poll() is None, (tmp_path / "make.log").read_text()
+        with open(pid_file) as f:
+            master = int(f.read())
+        make.terminate()  # kill PID
+        make.wait(timeout=30)
+        wait_until(lambda: not _alive(master), message=f"srv (pid {master}) to stop with make")
+        assert not _listening(port)
+    finally:
+        if make.poll() is None:
+            make.kill()
+        if master and _alive(master):
+            os.kill(master, signal.SIGKILL)  # left behind: the test failed, the port must not stay taken
+        log.close()
+
+
+def _listening(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"

@@ -53,8 +53,9 @@ def clean_path(toolchain_dirs):
 
 
 class Install:
-    def __init__(self, prefix, swift_lib):
+    def __init__(self, prefix, swift_lib, output=""):
         self.prefix = prefix
+        self.output = output  # what `make install` printed
         self.srv = os.path.join(prefix, "bin", "srv")
         self.runtime_dir = os.path.join(prefix, "lib", "srv", "swift")
         # The directory libswiftCore.so came from when srv was built, and the toolchain
@@ -90,8 +91,8 @@ def installed():
     assert core, f"{conftest.SRV} does not resolve libswiftCore.so: cannot tell which toolchain built it"
     tmp = tempfile.mkdtemp(prefix="srv-install-")
     try:
-        make_install(os.path.join(tmp, "usr"))
-        yield Install(os.path.join(tmp, "usr"), os.path.dirname(core))
+        p = make_install(os.path.join(tmp, "usr"))
+        yield Install(os.path.join(tmp, "usr"), os.path.dirname(core), p.stdout + p.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -168,6 +169,19 @@ def test_installed_srv_prints_its_version(installed):
 
 
 def test_installed_pkg_config_file_builds_a_plugin(installed, tmp_path):
+    """GATEWAY.md's pkg-config command, run as written, after the export line `make install`
+    printed for a prefix pkg-config does not search."""
+    m = re.search(r"^    export PKG_CONFIG_PATH=(\S+)$", installed.output, re.M)
+    assert m and m.group(1) == os.path.join(installed.prefix, "lib", "pkgconfig"), installed.output
+    with open(os.path.join(ROOT, "PluginSDK", "GATEWAY.md"), encoding="utf-8") as f:
+        documented = [l.strip() for l in f if l.startswith("    cc -std=c99 $(pkg-config --cflags srv-gateway)")]
+    assert len(documented) == 1, documented
+    shutil.copy(os.path.join(ROOT, "Examples", "hello", "hello.c"), tmp_path / "hello.c")
+    built = subprocess.run(["sh", "-c", f"{m.group(0).strip()} && {documented[0]}"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert built.returncode == 0 and (tmp_path / "libhello.so").exists(), built.stderr
+    assert installed.run("check", str(tmp_path / "libhello.so")).returncode == 0
+
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(installed.prefix, "lib", "pkgconfig"))
     cflags = subprocess.run(["pkg-config", "--cflags", "srv-gateway"], capture_output=True, text=True, env=env)
     assert cflags.returncode == 0, cflags.stderr
