@@ -140,7 +140,7 @@ struct Check: ParsableCommand {
         let reports = paths.map { PluginCheck.run(path: $0, timeout: timeout, strict: !insecurePlugins) }
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(reports), as: UTF8.self))
         } else {
             for r in reports {

@@ -117,6 +117,12 @@ def test_check_json_valid():
         assert r["hash"] == sha256(path), r
 
 
+def test_check_json_prints_paths_as_they_are():
+    """JSON allows `\\/`, but a path a person reads or greps is printed with plain slashes."""
+    p = subprocess.run([SRV, "check", "--json", plugin("hello")], capture_output=True, text=True, timeout=30)
+    assert f'"path" : "{plugin("hello")}"' in p.stdout and "\\/" not in p.stdout, p.stdout
+
+
 # ---------------------------------------------------------------------------------------
 # Broken plugins
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pathlib
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -93,6 +94,30 @@ def test_an_access_log_that_cannot_be_opened_stops_srv_at_start(tmp_path):
               "--access-logfile", str(tmp_path / "missing-dir" / "access.log"), timeout=30)
     assert out.returncode == 64, out
     assert "access-logfile" in out.stderr and "does not exist" in out.stderr, out.stderr
+
+
+def test_access_logfile_dash_is_standard_output_as_gunicorn(tmp_path):
+    """README: Gunicorn's names and defaults. `--access-logfile -` is stdout; the error log
+    stays on stderr."""
+    port = free_port()
+    p = subprocess.Popen([SRV, "--app", plugin("hello"), "-b", f"127.0.0.1:{port}", "--access-logfile", "-",
+                          "--runtime-dir", str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _answers(port), message="srv to serve")
+        assert request(port, path="/logged-here").status == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert "GET /logged-here" in out, (out, err)
+    assert "GET /logged-here" not in err and "generation 1 ready" in err, err
+
+
+def _answers(port):
+    try:
+        return request(port).status == 200
+    except OSError:
+        return False
 
 
 def test_a_missing_apps_dir_is_an_error_at_start(tmp_path):

@@ -662,7 +662,9 @@ def test_status_shows_generation_hash_and_workers(serve, app_path):
     assert h1[:12] in text, text
     for pid in pids:
         assert re.search(rf"^\s+{pid}\s+1\s+serving\b", text, re.M), text
-    raw = json.loads(srv_status(s, "--json").stdout)
+    printed = srv_status(s, "--json").stdout
+    assert "\\/" not in printed, f"paths are printed with plain slashes: {printed[:300]}"
+    raw = json.loads(printed)
     assert raw["generation"] == 1
     assert raw["apps"][0]["hash"] == h1
     assert sorted(w["pid"] for w in raw["workers"]) == pids

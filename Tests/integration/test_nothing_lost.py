@@ -582,6 +582,7 @@ def test_out_of_descriptors_does_not_spin_is_logged_and_recovers(serve):
         log = s.read_log()[since:]
         warnings = [line for line in log.splitlines() if "[WARNING]" in line]
         assert 1 <= len(warnings) <= 6, f"{len(warnings)} warnings while out of descriptors:\n" + log[-3000:]
+        assert "Too many open files (errno 24); out of file descriptors" in warnings[0], warnings[0]
     finally:
         for c in conns:
             c.close()

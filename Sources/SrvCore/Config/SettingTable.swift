@@ -108,7 +108,7 @@ extension Setting {
 
         // MARK: Logging
         .text("access-logfile", \.accessLogFile, valueName: "FILE",
-              help: "Write an access log to FILE ('-' for stderr). Off by default.")
+              help: "Write an access log to FILE ('-' for standard output, as Gunicorn). Off by default.")
             .checked { s in
                 guard let p = s.accessLogFile, p != "-" else { return nil }
                 return Settings.appendable(p).map { "access-logfile \(p): \($0)" }

@@ -43,7 +43,7 @@ final class AcceptHandler: ChannelInboundHandler {
             return
         }
         let repeats = suppressed > 0 ? " (\(suppressed) more like it since the last report)" : ""
-        logger.warning("listener \(context.channel.localAddress.map { "\($0)" } ?? "?"): cannot set up a new connection: \(error)\(Self.advice(error))\(repeats)")
+        logger.warning("listener \(context.channel.localAddress.map { "\($0)" } ?? "?"): cannot set up a new connection: \(Self.describe(error))\(Self.advice(error))\(repeats)")
         lastLogged = now
         suppressed = 0
     }
@@ -61,6 +61,13 @@ final class AcceptHandler: ChannelInboundHandler {
         }
     }
     static let acceptPause = TimeAmount.milliseconds(250)
+
+    /// A system error as `strerror` says it, with its number ("Too many open files (errno
+    /// 24)"); NIO's own description of an IOError reads "...) (errno: 24)".
+    static func describe(_ error: Error) -> String {
+        guard let io = error as? IOError else { return "\(error)" }
+        return "\(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))"
+    }
 
     private static func advice(_ error: Error) -> String {
         guard let io = error as? IOError, [EMFILE, ENFILE].contains(io.errnoCode) else { return "" }

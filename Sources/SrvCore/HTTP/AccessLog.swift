@@ -65,7 +65,8 @@ public final class AccessLog {
     public init(path: String, format: AccessLogFormat) throws {
         self.path = path
         self.segments = format.segments
-        self.fd = path == "-" ? 2 : Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        // "-" is standard output, as Gunicorn's --access-logfile - (the error log's "-" is stderr).
+        self.fd = path == "-" ? 1 : Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 { throw LogFileError(description: "cannot open access log \(path): \(String(cString: strerror(errno)))") }
     }
 

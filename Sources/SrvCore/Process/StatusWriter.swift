@@ -20,7 +20,9 @@ struct StatusWriter {
     /// False when the file could not be written (its directory is gone, for example).
     @discardableResult
     func write(_ status: ArbiterStatus) -> Bool {
-        guard let data = try? JSONEncoder().encode(status) else { return false }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes  // `srv status --json` prints it as it is
+        guard let data = try? encoder.encode(status) else { return false }
         let temp = path + ".tmp"
         // 0600: it names the requests in flight; root's `srv status` reads any master's.
         return FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600])
