@@ -49,8 +49,10 @@ func serveHelp() -> String {
 }
 
 /// A bad flag or setting: said once, then how to get help; exit status 64 (EX_USAGE).
-func usageError(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("Error: \(message)\nUsage: \(usageLine)\n  See 'srv --help' for more information.\n".utf8))
+/// Bad input: what was wrong and where, then (for the command line) how it is used. Exit 64.
+func usageError(_ message: String, showUsage: Bool = true) -> Never {
+    let usage = showUsage ? "Usage: \(usageLine)\n  See 'srv --help' for more information.\n" : ""
+    FileHandle.standardError.write(Data("Error: \(message)\n\(usage)".utf8))
     exit(64)
 }
 
@@ -67,7 +69,7 @@ func runServe(_ arguments: [String]) -> Never {
     } catch let e as ExitCode {
         exit(e.rawValue)
     } catch let e as SettingsProblem {
-        usageError(e.description)
+        usageError(e.description, showUsage: e.aboutCommandLine)
     } catch let e as ValidationError {
         usageError(e.message)
     } catch {

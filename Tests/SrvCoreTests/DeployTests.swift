@@ -40,8 +40,9 @@ final class DeployTests: XCTestCase {
     func testBindRefusesASchemeAndExplainsWildcards() {
         guard case .failure(let e) = BindAddress.parse("http://127.0.0.1:8000") else { return XCTFail("accepted a scheme") }
         XCTAssertTrue(e.description.contains("-b 127.0.0.1:8000"), e.description)
-        XCTAssertEqual(try BindAddress.parse("8000").get().explained, "0.0.0.0:8000 (every IPv4 address of this machine)")
-        XCTAssertEqual(try BindAddress.parse(":8000").get().explained, "0.0.0.0:8000 (every IPv4 address of this machine)")
+        XCTAssertEqual(try BindAddress.parse("8000").get().explained, "127.0.0.1:8000 (this machine only)")
+        XCTAssertEqual(try BindAddress.parse(":8000").get().explained, "127.0.0.1:8000 (this machine only)")
+        XCTAssertEqual(try BindAddress.parse("0.0.0.0:8000").get().explained, "0.0.0.0:8000 (every IPv4 address of this machine)")
         XCTAssertEqual(try BindAddress.parse("127.0.0.1:80").get().explained, "127.0.0.1:80 (this machine only)")
     }
 

@@ -6,8 +6,11 @@ final class SettingsTests: XCTestCase {
     func testBindAddressForms() throws {
         XCTAssertEqual(try BindAddress.parse("127.0.0.1:8000").get(), .tcp(host: "127.0.0.1", port: 8000))
         XCTAssertEqual(try BindAddress.parse("[::1]:9000").get(), .tcp(host: "::1", port: 9000))
-        XCTAssertEqual(try BindAddress.parse(":80").get(), .tcp(host: "0.0.0.0", port: 80))
-        XCTAssertEqual(try BindAddress.parse("8080").get(), .tcp(host: "0.0.0.0", port: 8080))
+        // A bare port is loopback: every address only when the address says so.
+        XCTAssertEqual(try BindAddress.parse(":80").get(), .tcp(host: "127.0.0.1", port: 80))
+        XCTAssertEqual(try BindAddress.parse("8080").get(), .tcp(host: "127.0.0.1", port: 8080))
+        XCTAssertEqual(try BindAddress.parse("0.0.0.0:8080").get(), .tcp(host: "0.0.0.0", port: 8080))
+        XCTAssertEqual(try BindAddress.parse("[::]:8080").get(), .tcp(host: "::", port: 8080))
         XCTAssertEqual(try BindAddress.parse("unix:/tmp/srv.sock").get(), .unix(path: "/tmp/srv.sock"))
     }
 
@@ -94,7 +97,7 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertThrowsError(try ConfigFile.lines(from: "workers = 2\nwokers = 3", path: "srv.conf")) { e in
             let text = "\(e)"
             XCTAssertTrue(text.contains("srv.conf line 2"), text)
-            XCTAssertTrue(text.contains("unknown setting \"wokers\""), text)
+            XCTAssertTrue(text.contains("unknown setting \"wokers\" (did you mean workers?)"), text)
         }
     }
 

@@ -227,13 +227,20 @@ def test_serve_broken_plugin_exits(name, needle, tmp_path):
     assert time.time() - start < 10, f"srv took {time.time() - start:.1f}s to give up"
     assert needle in out, out
     assert path in out, out
+    assert out.count(needle) == 1, f"the refusal is said once:\n{out}"
+    assert p.returncode == 1, out
 
 
-def test_serve_missing_file_exits(tmp_path):
-    path = str(tmp_path / "libnothere.so")
+@pytest.mark.parametrize("kind", ["missing", "notelf"])
+def test_serve_refuses_a_file_that_is_no_plugin_before_it_binds(kind, tmp_path):
+    """A missing file, or one that is no ELF shared object, stops srv before it binds or
+    starts a worker: one line, exit status 1, no 'listening'."""
+    path = str(tmp_path / "libnothere.so") if kind == "missing" else plugin("notelf")
     p, out = serve_and_fail(path, tmp_path)
-    assert p.returncode != 0, out
-    assert "no such file" in out and path in out, out
+    assert p.returncode == 1, out
+    assert ("no such file" if kind == "missing" else "\\x7fELF") in out and path in out, out
+    assert "listening" not in out and "worker" not in out, out
+    assert len([l for l in out.splitlines() if path in l]) == 1, out
 
 
 # ---------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_the_serve_subcommand_still_works():
 def test_a_bare_port_says_which_address_it_binds(bind):
     out = srv("--app", plugin("hello"), "-b", bind, "--check-config")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "0.0.0.0:8000 (every IPv4 address of this machine)" in out.stdout, out.stdout
+    assert "127.0.0.1:8000 (this machine only)" in out.stdout, out.stdout
 
 
 def test_a_bind_with_a_scheme_is_a_usage_error():
@@ -118,6 +118,17 @@ def _answers(port):
         return request(port).status == 200
     except OSError:
         return False
+
+
+def test_a_bare_port_listens_on_loopback_only(tmp_path):
+    """`-b 8000` once bound every IPv4 address of the machine. A bare port is loopback;
+    every address is for an address that says so; --help says which."""
+    port = free_port()
+    out = srv("--app", plugin("hello"), "-b", str(port), "--check-config")
+    assert out.returncode == 0 and f"{port} -> 127.0.0.1:{port} (this machine only)" in out.stdout, out
+    out = srv("--app", plugin("hello"), "-b", f"0.0.0.0:{port}", "--check-config")
+    assert f"0.0.0.0:{port} (every IPv4 address of this machine)" in out.stdout, out
+    assert "A bare PORT is 127.0.0.1:PORT" in srv("--help").stdout
 
 
 def test_a_missing_apps_dir_is_an_error_at_start(tmp_path):

@@ -767,6 +767,7 @@ def test_check_config(tmp_path):
     cases = [
         ("workers = abc\n", r"workers|abc"),
         ("frobnicate = 1\n", r"unknown setting \"frobnicate\""),
+        ("wokers = 2\n", r"line 2: unknown setting \"wokers\" \(did you mean workers\?\)"),
         ("workers 2\n", r"line 2: expected `name = value`"),
         ("workers = 0\n", r"workers"),
         ("timeout = -1\n", r"timeout"),
@@ -777,7 +778,8 @@ def test_check_config(tmp_path):
         _write(bad, f"app = {plugin('conformance')}\n{text}")
         r = _check_config(["-c", str(bad)])
         out = r.stdout + r.stderr
-        if r.returncode == 0 or not re.search(message, out):
+        if r.returncode != 64 or not re.search(message, out) or "Usage:" in out:
+            # exit 64 (bad input), the file and line, and no usage: the command line was right.
             problems.append(f"{text.strip()!r}: exit {r.returncode}, output {out.strip()!r}")
     r = _check_config(["-c", str(tmp_path / "missing.conf")])
     if r.returncode == 0 or "missing.conf" not in r.stdout + r.stderr:

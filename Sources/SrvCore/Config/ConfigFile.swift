@@ -32,7 +32,8 @@ public enum ConfigFile {
                 value = String(value.dropFirst().dropLast())
             }
             guard let setting = Setting.named(name), setting.inConfigFile else {
-                throw ParseError(description: "\(path) line \(index + 1): unknown setting \"\(name)\"; expected one of the long flag names of `srv --help` (for example workers, bind, app)")
+                let near = Setting.nearest(to: name).map { " (did you mean \($0)?)" } ?? ""
+                throw ParseError(description: "\(path) line \(index + 1): unknown setting \"\(name)\"\(near); expected one of the long flag names of `srv --help` (for example workers, bind, app)")
             }
             result.append(Line(number: index + 1, setting: setting, value: value))
         }

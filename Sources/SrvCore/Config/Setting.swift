@@ -50,7 +50,37 @@ public struct Setting {
 /// A setting srv cannot use, said once: what was expected, what was found, and where.
 public struct SettingsProblem: Error, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The command line was wrong (then its usage helps), not a file it named.
+    public let aboutCommandLine: Bool
+    public init(_ description: String, aboutCommandLine: Bool = true) {
+        self.description = description
+        self.aboutCommandLine = aboutCommandLine
+    }
+}
+
+extension Setting {
+    /// The setting whose name `name` most likely misspells, if any is near enough.
+    static func nearest(to name: String) -> String? {
+        let near = all.map { ($0.name, distance($0.name, name)) }.min { $0.1 < $1.1 }
+        guard let (best, d) = near, d <= max(2, name.count / 4) else { return nil }
+        return best
+    }
+
+    /// Levenshtein distance.
+    private static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in stride(from: 1, through: a.count, by: 1) {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return row[b.count]
+    }
 }
 
 // MARK: - Kinds of value

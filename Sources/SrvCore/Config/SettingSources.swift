@@ -91,35 +91,19 @@ public enum SettingSources {
 
     /// " (did you mean --X?)" for a near miss of a setting's name.
     private static func suggestion(for name: String) -> String {
-        let near = Setting.all.map { ($0.name, distance($0.name, name)) }.min { $0.1 < $1.1 }
-        guard let (best, d) = near, d <= max(2, name.count / 4) else { return "" }
-        return " (did you mean --\(best)?)"
-    }
-
-    private static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
-        var row = Array(0...b.count)
-        for i in stride(from: 1, through: a.count, by: 1) {
-            var previous = row[0]
-            row[0] = i
-            for j in stride(from: 1, through: b.count, by: 1) {
-                let current = row[j]
-                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
-                previous = current
-            }
-        }
-        return row[b.count]
+        Setting.nearest(to: name).map { " (did you mean --\($0)?)" } ?? ""
     }
 
     /// Applies one source's values in order; a repeated setting's first value in the source
     /// starts its list over (unless it accumulates). `place` names the source in errors.
-    static func apply(_ values: [Value], to settings: inout Settings, place: (Int) -> String) throws {
+    static func apply(_ values: [Value], to settings: inout Settings, fromCommandLine: Bool = true,
+                      place: (Int) -> String) throws {
         var seen = Set<String>()
         for (i, v) in values.enumerated() {
             do {
                 try v.setting.read(&settings, v.value, seen.insert(v.setting.name).inserted)
             } catch {
-                throw SettingsProblem("\(place(i)): \(error)")
+                throw SettingsProblem("\(place(i)): \(error)", aboutCommandLine: fromCommandLine)
             }
         }
     }
@@ -131,15 +115,19 @@ public enum SettingSources {
     public static func resolve(flags: [Value], environment: [String: String]) throws -> Settings {
         var (settings, fileLines) = try layered(flags: flags, environment: environment)
         var problems = settings.validate() + settings.resolveIdentity()
+        var inFile = 0
         if let path = settings.configFile {
             // A problem with a value the file set names the file's line.
             problems = problems.map { problem in
                 let name = String(problem.prefix { $0 != ":" && $0 != " " })
                 guard let line = fileLines[name] else { return problem }
+                inFile += 1
                 return "\(problem) (config file \(path) line \(line))"
             }
         }
-        if !problems.isEmpty { throw SettingsProblem(problems.joined(separator: "\n")) }
+        if !problems.isEmpty {
+            throw SettingsProblem(problems.joined(separator: "\n"), aboutCommandLine: inFile < problems.count)
+        }
         return settings
     }
 
@@ -167,13 +155,13 @@ public enum SettingSources {
         var fileLines: [String: Int] = [:]
         if let path = configPath {
             guard let text = TextFile.read(path) else {
-                throw SettingsProblem("config file \(path): cannot read it (does it exist?)")
+                throw SettingsProblem("config file \(path): cannot read it (does it exist?)", aboutCommandLine: false)
             }
             let lines: [ConfigFile.Line]
             do { lines = try ConfigFile.lines(from: text, path: path) } catch {
-                throw SettingsProblem("config file \(error)")
+                throw SettingsProblem("config file \(error)", aboutCommandLine: false)
             }
-            try apply(lines.map { Value(setting: $0.setting, value: $0.value) }, to: &settings) {
+            try apply(lines.map { Value(setting: $0.setting, value: $0.value) }, to: &settings, fromCommandLine: false) {
                 "config file \(path) line \(lines[$0].number): \(lines[$0].setting.name)"
             }
             for line in lines { fileLines[line.setting.name] = line.number }

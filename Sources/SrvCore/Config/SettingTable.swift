@@ -42,7 +42,7 @@ extension Setting {
 
         // MARK: Listening
         .list("bind", short: "b", \.binds, valueName: "ADDRESS",
-              help: "Listen on HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable. Default \(Settings.defaultBind).",
+              help: "Listen on HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable. A bare PORT is 127.0.0.1:PORT (this machine only); 0.0.0.0:PORT or [::]:PORT listen on every address. Default \(Settings.defaultBind).",
               check: { s in
                   s.effectiveBinds.compactMap { b -> String? in
                       if case .failure(let e) = BindAddress.parse(b) { return e.description }

@@ -9,6 +9,10 @@ public enum BindAddress: Equatable, CustomStringConvertible {
         public let description: String
     }
 
+    /// A bare port (`8000`, `:8000`) listens on loopback only: every address of the
+    /// machine is for an address that says so (`0.0.0.0:8000`, `[::]:8000`).
+    static let loopbackForBarePort = "127.0.0.1"
+
     public static func parse(_ text: String) -> Result<BindAddress, ParseError> {
         if let scheme = text.range(of: "://") {
             return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT, [IPv6]:PORT or unix:PATH without a scheme, found \"\(text[..<scheme.upperBound])\"; write for example -b \(text[scheme.upperBound...].prefix { $0 != "/" })"))
@@ -32,9 +36,9 @@ public enum BindAddress: Equatable, CustomStringConvertible {
         } else if let colon = text.lastIndex(of: ":") {
             host = String(text[..<colon])
             portText = String(text[text.index(after: colon)...])
-            if host.isEmpty { host = "0.0.0.0" }
+            if host.isEmpty { host = loopbackForBarePort }
         } else {
-            host = "0.0.0.0"
+            host = loopbackForBarePort
             portText = text
         }
         if host.contains("/") || host.contains(" ") {

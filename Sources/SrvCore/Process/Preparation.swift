@@ -44,6 +44,9 @@ public final class Preparation {
             do {
                 if !settings.insecurePlugins { try PathTrust.check(mount.path) }
                 let snapshot = try Snapshot.take(of: mount.path)
+                // The ELF header costs nothing to read: a file that is no plugin at all is
+                // refused here, before srv binds or starts a process for it.
+                try ELFCheck.validate(path: snapshot.path, display: mount.path)
                 if let old = old, old.snapshot.hash == snapshot.hash {
                     entries.append(.ready(old))
                     continue
@@ -65,6 +68,16 @@ public final class Preparation {
                 entries.append(.refused(mount: mount, message: message, old: old, isDirectoryApp: isDirectoryApp))
             }
         }
+    }
+
+    /// Why an application named explicitly (`--app`, `--mount`) was refused before any
+    /// process loaded it (a missing file, one that is no ELF shared object, one others may
+    /// write): at the first start, srv stops there, before it binds.
+    public var explicitRefusal: String? {
+        for case .refused(let mount, let message, _, false) in entries {
+            return "app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message)"
+        }
+        return nil
     }
 
     /// Every check has ended.

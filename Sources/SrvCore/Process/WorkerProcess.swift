@@ -127,9 +127,8 @@ public enum WorkerProcess {
                                        multiprocess: settings.workers > 1)
                 mounted.append(MountedApp(mount: app.prefix, plugin: plugin, metricsSlot: mounted.count + 1))
             } catch let e as PluginError {
-                let message = e.description
-                logger.error("\(message)")
-                send(.failed(reason: e.reason, message: message))
+                // The master logs it, with the worker and what it does next: said once.
+                send(.failed(reason: e.reason, message: e.description))
                 exit(3)
             } catch {
                 send(.failed(reason: "error", message: "\(error)"))
