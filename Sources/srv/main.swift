@@ -189,7 +189,13 @@ struct Status: ParsableCommand {
                 found += files.map { "\(dir)/\($0)" }
             }
             guard found.count == 1 else {
-                if let pid = pid { throw ValidationError("no status file for master \(pid) in \(RuntimeDirectory.searchPaths.joined(separator: ", ")); is it running? Give --status-file PATH if it was started with --runtime-dir or --status-file") }
+                if let pid = pid, let name = name {
+                    let source = pidFile.map { " (from \($0))" } ?? ""
+                    if kill(pid, 0) != 0 && errno == ESRCH {
+                        throw ValidationError("no process \(pid)\(source) is running: srv is not running, or the pid file was left by an srv that was killed")
+                    }
+                    throw ValidationError("process \(pid)\(source) is running, but no status file \(name) is where srv puts it (\(RuntimeDirectory.defaultPath), or /run/UNIT for a systemd unit); if it was started with --runtime-dir DIR or --status-file PATH, give --status-file PATH")
+                }
                 throw ValidationError(found.isEmpty ? "no running srv master found; start one, or give --pid FILE"
                                                     : "\(found.count) masters are running; choose one with --pid FILE or its pid")
             }

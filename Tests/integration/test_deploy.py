@@ -234,6 +234,24 @@ def test_snapshots_no_generation_uses_are_freed(serve, tmp_path):
     assert request(s.port).body == b"valid\n"
 
 
+def test_status_with_a_stale_pid_file_says_so_in_one_short_line(tmp_path):
+    """A pid file left by a killed srv: `srv status --pid` says the process is gone, not a
+    line naming every directory it searched."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "stale.pid"
+    stale.write_text(f"{dead.pid}\n")
+    out = srv("status", "--pid", str(stale))
+    assert out.returncode != 0, out
+    assert f"no process {dead.pid} (from {stale}) is running" in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()[0]) < 300, out.stderr
+    mine = tmp_path / "mine.pid"  # a live process that is no srv master of this user
+    mine.write_text(f"{os.getpid()}\n")
+    out = srv("status", "--pid", str(mine))
+    assert out.returncode != 0 and f"master-{os.getpid()}.json" in out.stderr and "--status-file" in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()[0]) < 400, out.stderr
+
+
 def test_status_finds_the_master_in_its_runtime_directory(tmp_path):
     run = f"/tmp/srv-status-test-{os.getpid()}-{free_port()}"
     port = free_port()
