@@ -364,6 +364,23 @@ def test_reload_picks_up_new_changed_and_removed_files(serve, tmp_path):
     assert_plain_404(get(s.port, "/beta/"))
     assert body(s.port, "/alpha/") == (200, CONF2)
     assert reloads(s.read_log()[since:]) == 3
+    assert re.search(r"app /beta: unmounted \(\S*libbeta\.so is no longer", s.read_log()[since:]), s.read_log()[since:]
+
+
+def test_a_file_event_that_changes_no_build_restarts_nothing(serve, tmp_path):
+    """--reload saw a file event (a touch, a copy of the same bytes), but every build is
+    the serving one: the workers keep serving, and the log says so without mentioning a
+    HUP nobody sent."""
+    d = apps_dir(tmp_path, libalpha="conformance")
+    s = serve(["--apps-dir", d, "--reload", "--reload-delay", "0.5"], workers=2)
+    workers = s.worker_pids()
+    since = len(s.read_log())
+    put(d, "libalpha", "conformance")  # the same bytes, rewritten
+    s.wait_log(r"reload: no application changed; generation 1 keeps serving", timeout=30, since=since)
+    log = s.read_log()[since:]
+    assert "HUP" not in log and "booting generation" not in log, log
+    assert s.worker_pids() == workers
+    assert body(s.port, "/alpha/") == (200, CONF1)
 
 
 def test_reload_waits_until_the_file_stops_changing(serve, tmp_path):

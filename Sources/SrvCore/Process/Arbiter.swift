@@ -45,6 +45,8 @@ public final class Arbiter {
     let notify = SystemdNotify()
     var watcher: AppWatcher?
     let startedAt = Date()
+    /// The reload under way was asked for by --reload's watcher, not by HUP.
+    var reloadForFiles = false
     /// The status file lives here (RuntimeDirectory).
     let runtimeDirectory: String
     /// The runtime directory could not be made again: said once.
@@ -118,7 +120,7 @@ public final class Arbiter {
             bootPreparedGeneration()
             if let watcher = watcher, watcher.poll(), supervisor.stopping == .no {
                 logger.info("application files changed (--reload); reloading")
-                reload()
+                reload(filesChanged: true)
             }
             perform(supervisor.handle(.tick(activity: activity()), now: Instant.now()))
             writeStatusIfDue()
@@ -269,8 +271,9 @@ public final class Arbiter {
     /// HUP: re-read the configuration and snapshot the plugins; the loop boots the new
     /// generation beside the serving one once its plugins are checked, and the
     /// supervisor promotes it once every new worker is ready.
-    func reload() {
+    func reload(filesChanged: Bool = false) {
         guard supervisor.stopping == .no else { return }
+        reloadForFiles = filesChanged
         notify.send("RELOADING=1\nMONOTONIC_USEC=\(Instant.now().nanoseconds / 1000)")
         let fresh: Settings
         do {
@@ -310,7 +313,18 @@ public final class Arbiter {
         case .apps(let apps, let errors):
             appErrors = errors
             if let serving = serving, serving.apps == apps, serving.settings == p.settings, errors.isEmpty {
+                if reloadForFiles {
+                    // --reload saw a file event, but every build is the one serving.
+                    logger.info("reload: no application changed; generation \(serving.number) keeps serving")
+                    notify.send("READY=1\nSTATUS=serving generation \(serving.number): \(serving.versions)")
+                    return
+                }
                 logger.info("reload: nothing changed; starting a new generation anyway (HUP restarts workers)")
+            }
+            if let serving = serving {
+                for gone in serving.apps where !apps.contains(where: { $0.prefix == gone.prefix }) && errors[gone.prefix] == nil {
+                    logger.info("app \(gone.prefix.isEmpty ? "/" : gone.prefix): unmounted (\(gone.snapshot.source) is no longer configured or in the apps directory)")
+                }
             }
             generationCounter += 1
             let g = Generation(number: generationCounter, settings: p.settings, apps: apps, phase: .booting(deadline: Instant.now()))
