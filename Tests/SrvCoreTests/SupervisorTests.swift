@@ -115,7 +115,8 @@ final class SupervisorTests: XCTestCase {
         send(.boot(generation(2, settings())))
         let p = pids(of: 2)
         send(.message(pid: p[0], .ready))
-        let died = send(.exited(pid: p[0], status: Int32(SIGSEGV), lastRequest: Scoreboard.Request(started: t.nanoseconds, line: "GET /crash")))
+        let died = send(.exited(pid: p[0], status: Int32(SIGSEGV), lastRequest: Scoreboard.Request(started: t.nanoseconds, line: "GET /crash", id: "3f9c0a41d27e-7")))
+        XCTAssertTrue(died.contains { if case .log(_, let m) = $0 { return m.contains("\"GET /crash\" (request 3f9c0a41d27e-7)") }; return false }, "\(died)")
         XCTAssertFalse(died.contains { if case .failed = $0 { return true }; return false }, "a request's crash is not a boot failure")
         advance(0.2)
         let spawned = tick().filter { if case .spawn(2, _) = $0 { return true }; return false }

@@ -412,7 +412,8 @@ def test_the_client_of_a_crashed_request_gets_no_response(serve):
     s = serve(["--app", plugin("conformance")])
     mark = len(s.read_log())
     assert exchange("GET /crash HTTP/1.1\r\nHost: x\r\n\r\n", port=s.port) == b""
-    s.wait_log(r'died with signal SIGSEGV while serving "GET /crash"', since=mark)
+    # GATEWAY.md: the request id is on every line about a request, this one included.
+    s.wait_log(r'died with signal SIGSEGV while serving "GET /crash" \(request [0-9a-f]{12}-\d+\)', since=mark)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

@@ -436,7 +436,7 @@ def test_hanging_request_is_killed_after_timeout(serve):
     took = time.monotonic() - t0
     c.close()
     m = s.wait_log(rf"worker {pid} timed out after[^\n]*", since=since, timeout=30)
-    assert '"GET /sleep' in m.group(0), m.group(0)
+    assert '"GET /sleep' in m.group(0) and re.search(r"\(request [0-9a-f]{12}-\d+\)", m.group(0)), m.group(0)
     assert 1.9 <= took <= 8, f"the stuck worker was killed after {took:.1f} s (--timeout 2)"
     new = wait_for(lambda: [p for p in s.worker_pids() if p != pid], timeout=30, what="a new worker")
     assert pid not in s.worker_pids()

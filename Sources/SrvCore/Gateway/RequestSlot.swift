@@ -89,6 +89,8 @@ final class RequestSlot {
     /// The request's method and target (in environ's memory), for logs and the scoreboard.
     var methodBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_method) }
     var targetBytes: UnsafeRawBufferPointer { Self.bytes(environ.pointee.request_uri) }
+    /// srv.request_id's bytes (in environ's memory).
+    var idBytes: UnsafeRawBufferPointer { Self.bytes(extensions[1].value) }
     var requestLine: String {
         "\(String(decoding: methodBytes, as: UTF8.self)) \(String(decoding: targetBytes, as: UTF8.self)) (request \(requestID))"
     }

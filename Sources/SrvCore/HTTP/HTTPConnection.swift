@@ -716,7 +716,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 // Each pool thread has its own scoreboard entry: --timeout sees every
                 // request that runs, from the moment a thread runs it.
                 let entry = scoreboard?.entry(threaded: true) ?? 0
-                scoreboard?.requestBegan(entry: entry, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes)
+                scoreboard?.requestBegan(entry: entry, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes,
+                                         id: slot.idBytes)
                 let rc = slot.call()
                 scoreboard?.requestEnded(entry: entry)
                 loop.execute { self.applicationReturned(rc, slot: slot, context: context) }
@@ -725,7 +726,8 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             // Answers to earlier pipelined requests go to the kernel before the app runs: if
             // it crashes the worker, they still reach the client (only a pipelined read pays).
             if out.count > 0 { flush(context: context) }
-            scoreboard?.requestBegan(entry: 0, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes)
+            scoreboard?.requestBegan(entry: 0, slot: slot.app?.metricsSlot ?? 0, method: slot.methodBytes, target: slot.targetBytes,
+                                     id: slot.idBytes)
             slot.inlineOutput = self
             let rc = slot.call()
             slot.inlineOutput = nil

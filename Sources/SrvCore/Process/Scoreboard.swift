@@ -10,11 +10,15 @@ import Glibc
 /// Layout: heartbeat at 0, requests served at 8, the entry count at 16, open connections
 /// at 24, entries from 64, each `entryStride` bytes: the start (monotonic ns, 0 when idle)
 /// at 0, the line's length at 8, the application slot at 12, the line ("GET /path") from
-/// 16; then the request counters of `RequestMetrics`.
+/// 16, the request id's length at `idOffset` and the id after it; then the request counters
+/// of `RequestMetrics`.
 public final class Scoreboard {
     static let lineCapacity = 256
+    /// srv.request_id: srv's own is 20 characters at most, an adopted X-Request-Id 128.
+    static let idCapacity = 128
+    static let idOffset = 16 + lineCapacity
     static let entriesOffset = 64
-    static let entryStride = 16 + lineCapacity + 16
+    static let entryStride = idOffset + 8 + idCapacity
     static let connectionsOffset = 24
     static func metricsOffset(entries: Int) -> Int { entriesOffset + entries * entryStride }
     public let fd: Int32
@@ -71,6 +75,11 @@ public final class Scoreboard {
         public var started: UInt64
         public var line: String
         public var slot: Int = 0
+        /// Its srv.request_id, which every log line about it names.
+        public var id: String = ""
+
+        /// How a log line names it: `"GET /path" (request ID)`.
+        public var described: String { id.isEmpty ? "\"\(line)\"" : "\"\(line)\" (request \(id))" }
     }
 
     /// Every request in flight, oldest first.
@@ -80,8 +89,10 @@ public final class Scoreboard {
             let started = entry.load(as: UInt64.self)
             guard started != 0 else { return nil }
             let n = min(Int((entry + 8).load(as: UInt32.self)), Self.lineCapacity)
+            let idLength = min(Int((entry + Self.idOffset).load(as: UInt32.self)), Self.idCapacity)
             return Request(started: started, line: String(decoding: UnsafeRawBufferPointer(start: entry + 16, count: n), as: UTF8.self),
-                           slot: Int((entry + 12).load(as: UInt32.self)))
+                           slot: Int((entry + 12).load(as: UInt32.self)),
+                           id: String(decoding: UnsafeRawBufferPointer(start: entry + Self.idOffset + 8, count: idLength), as: UTF8.self))
         }.sorted { $0.started < $1.started }
     }
 }
@@ -108,7 +119,8 @@ public struct ScoreboardPage {
     }
 
     @inline(__always)
-    public func requestBegan(entry: Int, slot: Int, method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) {
+    public func requestBegan(entry: Int, slot: Int, method: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer,
+                             id: UnsafeRawBufferPointer) {
         let e = base + Scoreboard.entriesOffset + entry * Scoreboard.entryStride
         var n = min(method.count, Scoreboard.lineCapacity - 1)
         if n > 0 { (e + 16).copyMemory(from: method.baseAddress!, byteCount: n) }
@@ -119,6 +131,9 @@ public struct ScoreboardPage {
         n += m
         (e + 8).storeBytes(of: UInt32(n), as: UInt32.self)
         (e + 12).storeBytes(of: UInt32(truncatingIfNeeded: slot), as: UInt32.self)
+        let idLength = min(id.count, Scoreboard.idCapacity)
+        if idLength > 0 { (e + Scoreboard.idOffset + 8).copyMemory(from: id.baseAddress!, byteCount: idLength) }
+        (e + Scoreboard.idOffset).storeBytes(of: UInt32(idLength), as: UInt32.self)
         e.storeBytes(of: CoarseClock.now(), as: UInt64.self)
     }
 

@@ -266,7 +266,7 @@ public struct Supervisor {
                 if inService {
                     var what = ""
                     if let r = lastRequest {
-                        what = " while serving \"\(r.line)\" (running \(String(format: "%.3f", now.seconds(since: Instant(nanoseconds: r.started)))) s)"
+                        what = " while serving \(r.described), running \(String(format: "%.3f", now.seconds(since: Instant(nanoseconds: r.started)))) s"
                     }
                     actions.append(.log(.error, "worker \(pid) died with \(how)\(what); replacing it"))
                 } else {
@@ -410,7 +410,7 @@ public struct Supervisor {
     private func timedOut(_ w: Worker, request r: Scoreboard.Request, timeout: Double, now: Instant) -> String? {
         let ran = now.nanoseconds > r.started ? Double(now.nanoseconds - r.started) / 1e9 : 0
         guard ran > timeout else { return nil }
-        return "worker \(w.pid) timed out after \(String(format: "%.1f", ran)) s serving \"\(r.line)\" (--timeout \(timeout) s); aborting it"
+        return "worker \(w.pid) timed out after \(String(format: "%.1f", ran)) s serving \(r.described) (--timeout \(timeout) s); aborting it"
     }
 
     private mutating func abort(_ w: Worker, _ why: String, now: Instant, _ actions: inout [Action]) {
