@@ -64,8 +64,11 @@ let package = Package(
         // MARK: - Examples
         .systemLibrary(name: "CSQLite", path: "Examples/blog/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "Blog", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK"), "CSQLite"], path: "Examples/blog/Sources/Blog",
-                swiftSettings: swift5),
+        // The stylesheet is compiled into libblog.so (PackageResources.style_css), so the
+        // blog is styled wherever its .so goes; static/ stays a directory nginx can serve.
+        .target(name: "Blog", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK"), "CSQLite"], path: "Examples/blog",
+                exclude: ["Sources/BlogExport", "CSQLite", "README.md"], sources: ["Sources/Blog"],
+                resources: [.embedInCode("static/style.css")], swiftSettings: swift5),
         .target(name: "BlogExport", dependencies: [gateway], path: "Examples/blog/Sources/BlogExport", cSettings: strictC),
 
         // MARK: - Tests (unit tests of pure logic; Tests/integration drives the real binary)

@@ -286,6 +286,31 @@ def test_stylesheet_is_served(blog):
 
     assert request(s.port, "GET", "/static/.hidden").status == 404
     assert request(s.port, "GET", "/static/missing.css").status == 404
+    assert "no readable missing.css in BLOG_STATIC_DIR=" in s.read_log(), "a miss is logged"
+
+
+def test_the_blog_copied_into_an_apps_dir_runs_anywhere_styled_and_tidy(serve, tmp_path):
+    """A user copies libblog.so into an apps directory and starts srv from another
+    directory, with no BLOG_* settings: /blog is styled (the stylesheet is compiled in),
+    its data goes to ~/.local/share/srv-blog, and nothing appears in the working directory."""
+    import shutil
+    import subprocess
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    shutil.copy(BLOG_SO, apps / "libblog.so")
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {"HOME": str(home), "BLOG_DATA_DIR": "", "BLOG_STATIC_DIR": "", "XDG_DATA_HOME": ""}
+    s = serve(["--apps-dir", str(apps)], env=env, popen_kw={"cwd": str(cwd)})
+    index = request(s.port, "GET", "/blog/").body.decode()
+    assert 'href="/blog/static/style.css"' in index, index
+    with open(os.path.join(STATIC_DIR, "style.css"), "rb") as f:
+        css = f.read()
+    r = request(s.port, "GET", "/blog/static/style.css")
+    assert r.status == 200 and r.body == css and r.header("Content-Type").startswith("text/css"), r
+    assert os.listdir(cwd) == [], os.listdir(cwd)
+    assert (home / ".local" / "share" / "srv-blog" / "blog.db").exists()
 
 
 # --- concurrency and reloads ----------------------------------------------------------------

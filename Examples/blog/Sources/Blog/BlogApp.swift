@@ -13,23 +13,34 @@ public func blogApp() -> UnsafeMutableRawPointer {
 
 /// A small blog: HTML pages, a form, a JSON API and a stylesheet, over SQLite.
 ///
-/// Settings (environment): BLOG_DATA_DIR, the directory of blog.db (default ./data,
-/// created when missing); BLOG_STATIC_DIR, the directory of style.css (default
-/// Examples/blog/static, relative to srv's working directory).
+/// Settings (environment): BLOG_DATA_DIR, the directory of blog.db (default
+/// $XDG_DATA_HOME/srv-blog, else ~/.local/share/srv-blog; created when missing);
+/// BLOG_STATIC_DIR, a directory to serve /static/ from instead of the stylesheet compiled
+/// into the plugin. Nothing depends on srv's working directory, so the .so works wherever
+/// it is copied and whatever it is mounted at.
 final class BlogApp: Application {
     /// Request bodies larger than this are refused with 413.
     static let maxBodySize = 64 * 1024
 
     private var store: Store?
-    private var staticDir = "Examples/blog/static"
+    /// Where /static/ comes from when BLOG_STATIC_DIR is set; nil: the compiled-in stylesheet.
+    private var staticDir: String?
 
     // MARK: - Lifecycle
 
     func load(_ server: ServerInfo) throws {
-        let dataDir = BlogApp.environment("BLOG_DATA_DIR") ?? "./data"
+        guard let dataDir = BlogApp.environment("BLOG_DATA_DIR") ?? BlogApp.defaultDataDirectory() else {
+            throw StoreError(description: "no place for the blog's data: set BLOG_DATA_DIR (or HOME)")
+        }
         try BlogApp.makeDirectory(dataDir)
         store = try Store(path: dataDir + "/blog.db")
-        staticDir = BlogApp.environment("BLOG_STATIC_DIR") ?? "Examples/blog/static"
+        staticDir = BlogApp.environment("BLOG_STATIC_DIR")
+    }
+
+    /// The XDG base directory for an application's data.
+    private static func defaultDataDirectory() -> String? {
+        if let xdg = environment("XDG_DATA_HOME"), xdg.hasPrefix("/") { return xdg + "/srv-blog" }
+        return environment("HOME").map { $0 + "/.local/share/srv-blog" }
     }
 
     func unload() {
@@ -73,8 +84,17 @@ final class BlogApp: Application {
             }
             return try .json(PostJSON(post))
         case ("GET", .asset(let name)):
-            guard BlogApp.isSafeFileName(name) else { return htmlError(404, "There is nothing at \(request.path).", request) }
-            var response = Response.file(staticDir + "/" + name)
+            var response: Response
+            if let dir = staticDir {
+                guard BlogApp.isSafeFileName(name), access(dir + "/" + name, R_OK) == 0 else {
+                    request.log("blog: \(request.path): no readable \(name) in BLOG_STATIC_DIR=\(dir)")
+                    return htmlError(404, "There is nothing at \(request.path).", request)
+                }
+                response = Response.file(dir + "/" + name)
+            } else {
+                guard name == "style.css" else { return htmlError(404, "There is nothing at \(request.path).", request) }
+                response = Response(headers: [("Content-Type", "text/css; charset=utf-8")], body: .bytes(PackageResources.style_css))
+            }
             response.headers.append(("Cache-Control", "public, max-age=300"))
             return response
         case (_, .unknown):
