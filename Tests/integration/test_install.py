@@ -296,47 +296,49 @@ def test_installed_srv_serves_with_the_toolchain_hidden(installed):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-SDK_APP_PACKAGE = '''// swift-tools-version:6.1
-import PackageDescription
-let package = Package(name: "sdkhello",
-    products: [.library(name: "sdkhello", type: .dynamic, targets: ["App", "AppExport"])],
-    dependencies: [.package(path: "{sdk}")],
-    targets: [
-        .target(name: "App", dependencies: [.product(name: "SrvPlugin", package: "PluginSDK")],
-                swiftSettings: [.swiftLanguageMode(.v5)]),
-        .target(name: "AppExport", dependencies: [.product(name: "SrvGateway", package: "PluginSDK")]),
-    ])
-'''
-
-SDK_APP_SWIFT = '''import SrvPlugin
-struct Hello: Application {
-    func handle(_ request: Request) throws -> Response { .text("hello from the installed SDK\\n") }
-}
-@_cdecl("sdkhello_app") public func sdkhelloApp() -> UnsafeMutableRawPointer { export(Hello()) }
-'''
+def documented_swift_plugin():
+    """GATEWAY.md's complete Swift plugin: {path: text} of each `File \`PATH\`:` block,
+    and the lines of the sh block after it (build, check, serve, curl)."""
+    with open(os.path.join(ROOT, "PluginSDK", "GATEWAY.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("### A complete Swift plugin"):text.index("### The Swift SDK in brief")]
+    files = dict(re.findall(r"^File `([^`]+)`:\n\n```\w*\n(.*?)^```", section, re.M | re.S))
+    commands = re.search(r"^```sh\n(.*?)^```", section, re.M | re.S).group(1).splitlines()
+    return files, commands
 
 
-def test_a_swift_plugin_package_builds_against_the_installed_sdk(installed, tmp_path):
-    """"It also installs ... the Swift SDK a plugin package can depend on": a package that
-    depends on share/srv/PluginSDK by path builds (without SwiftNIO), srv check accepts it
-    (its toolchain stamp matches) and the installed srv serves it."""
+def test_the_documented_swift_plugin_builds_against_the_installed_sdk_and_serves(installed, tmp_path):
+    """A new user writes a Swift plugin from GATEWAY.md alone: its files, as written (the
+    SDK's path is the installed prefix's), build without fetching anything, `srv check`
+    accepts the result (its toolchain stamp matches), and the installed srv serves it with
+    the answers the code promises."""
     swift = shutil.which("swift")
     if swift is None:
         pytest.skip("no swift on PATH to build a plugin with")
-    pkg = tmp_path / "sdkhello"
-    (pkg / "Sources" / "App").mkdir(parents=True)
-    (pkg / "Sources" / "AppExport" / "include").mkdir(parents=True)
-    (pkg / "Package.swift").write_text(SDK_APP_PACKAGE.replace("{sdk}", os.path.join(installed.prefix, "share", "srv", "PluginSDK")))
-    (pkg / "Sources" / "App" / "App.swift").write_text(SDK_APP_SWIFT)
-    (pkg / "Sources" / "AppExport" / "export.c").write_text(
-        '#include <srv/swift_app.h>\nSRV_SWIFT_APP("sdkhello", "1.0.0", SRV_FLAG_THREAD_SAFE, sdkhello_app);\n')
-    (pkg / "Sources" / "AppExport" / "include" / "AppExport.h").write_text("")
-    build = subprocess.run([swift, "build", "-c", "release", "--product", "sdkhello"], cwd=pkg,
-                           capture_output=True, text=True, timeout=600)
+    files, commands = documented_swift_plugin()
+    assert sorted(files) == ["hello/Package.swift", "hello/Sources/Hello/Hello.swift",
+                             "hello/Sources/HelloExport/export.c",
+                             "hello/Sources/HelloExport/include/HelloExport.h"], sorted(files)
+    sdk = os.path.join(installed.prefix, "share", "srv", "PluginSDK")
+    for path, content in files.items():
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content.replace("/usr/local/share/srv/PluginSDK", sdk))
+    pkg = tmp_path / "hello"
+    assert commands[0] == "swift build -c release --product hello", commands
+    build = subprocess.run(["sh", "-c", commands[0]], cwd=pkg, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     checkouts = pkg / ".build" / "checkouts"
     assert not (checkouts.exists() and any(checkouts.iterdir())), "the SDK pulled in dependencies"
-    so = pkg / ".build" / "release" / "libsdkhello.so"
+    so = pkg / ".build" / "release" / "libhello.so"
+    assert commands[1] == "srv check .build/release/libhello.so", commands
     out = installed.run("check", str(so))
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "name sdkhello" in out.stdout
+    assert out.returncode == 0 and "name hello" in out.stdout, out.stdout + out.stderr
+    s = InstalledServer(installed, ["--app", str(so)], wrapper=env_i(installed.env), workers=1)
+    try:
+        assert request(s.port, "GET", "/?name=srv").body == b"Hello, srv!\n"
+        assert request(s.port, "GET", "/json").body == b'{"greeting":"Hello","path":"/json"}'
+        assert request(s.port, "GET", "/nothing").status == 404
+    finally:
+        s.stop()
+        s.remove_tmp()

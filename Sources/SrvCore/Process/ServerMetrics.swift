@@ -66,64 +66,60 @@ public final class ServerMetrics {
             let c = totals[app] ?? RequestMetrics.Counters()
             for m in RequestMetrics.methods.indices {
                 for s in RequestMetrics.statusClasses.indices where c.requests(method: m, statusClass: s) > 0 {
-                    registry.makeCounter(name: "srv_requests_total",
-                                         labels: [("app", app), ("method", RequestMetrics.methods[m]), ("status", RequestMetrics.statusClasses[s])],
-                                         help: Self.requestsHelp)
+                    registry.makeCounter(descriptor: Self.metric("srv_requests_total", Self.requestsHelp), labels: [("app", app), ("method", RequestMetrics.methods[m]), ("status", RequestMetrics.statusClasses[s])])
                         .increment(by: Int64(c.requests(method: m, statusClass: s)))
                 }
                 if let n = unanswered[app]?[m] {
-                    registry.makeCounter(name: "srv_requests_total",
-                                         labels: [("app", app), ("method", RequestMetrics.methods[m]), ("status", "none")],
-                                         help: Self.requestsHelp)
+                    registry.makeCounter(descriptor: Self.metric("srv_requests_total", Self.requestsHelp), labels: [("app", app), ("method", RequestMetrics.methods[m]), ("status", "none")])
                         .increment(by: Int64(n))
                 }
             }
-            registry.makeCounter(name: "srv_response_bytes_total", labels: [("app", app)],
-                                 help: "Response body bytes sent, by application.")
+            registry.makeCounter(descriptor: Self.metric("srv_response_bytes_total", "Response body bytes sent, by application."), labels: [("app", app)])
                 .increment(by: Int64(c.responseBytes))
         }
-        registry.makeGauge(name: "srv_requests_in_flight", help: "Requests an application is running now.").set(to: Double(inFlight))
-        registry.makeGauge(name: "srv_connections_open", help: "Client connections the workers have open.").set(to: Double(connections))
+        registry.makeGauge(descriptor: Self.metric("srv_requests_in_flight", "Requests an application is running now.")).set(to: Double(inFlight))
+        registry.makeGauge(descriptor: Self.metric("srv_connections_open", "Client connections the workers have open.")).set(to: Double(connections))
         for cause in Supervisor.ExitCause.allCases {
-            registry.makeCounter(name: "srv_worker_exits_total", labels: [("cause", cause.rawValue)],
-                                 help: "Worker processes that ended, by cause.")
+            registry.makeCounter(descriptor: Self.metric("srv_worker_exits_total", "Worker processes that ended, by cause."), labels: [("cause", cause.rawValue)])
                 .increment(by: Int64(workerExits[cause] ?? 0))
         }
         for (result, n) in reloads.sorted(by: { $0.key < $1.key }) {
-            registry.makeCounter(name: "srv_reloads_total", labels: [("result", result)],
-                                 help: "Reloads (HUP, --reload), by result: promoted, or failed with the old generation serving.")
+            registry.makeCounter(descriptor: Self.metric("srv_reloads_total", "Reloads (HUP, --reload), by result: promoted, or failed with the old generation serving."), labels: [("result", result)])
                 .increment(by: Int64(n))
         }
         let serving = supervisor.currentGeneration
-        registry.makeGauge(name: "srv_generation", help: "The number of the generation that serves (0 before the first).")
+        registry.makeGauge(descriptor: Self.metric("srv_generation", "The number of the generation that serves (0 before the first)."))
             .set(to: Double(serving?.number ?? 0))
-        registry.makeGauge(name: "srv_workers", help: "Worker processes running, booting ones included.")
+        registry.makeGauge(descriptor: Self.metric("srv_workers", "Worker processes running, booting ones included."))
             .set(to: Double(supervisor.workers.count))
         for app in serving?.apps ?? [] {
             let d = serving?.descriptors[app.prefix]
-            registry.makeGauge(name: "srv_app_info",
+            registry.makeGauge(descriptor: Self.metric("srv_app_info", "One series per application the serving generation runs, with its descriptor's name and version and its file's SHA-256."),
                                labels: [("app", app.prefix.isEmpty ? "/" : app.prefix), ("name", d?.name ?? ""),
-                                        ("version", d?.version ?? ""), ("hash", app.snapshot.hash)],
-                               help: "One series per application the serving generation runs, with its descriptor's name and version and its file's SHA-256.")
+                                        ("version", d?.version ?? ""), ("hash", app.snapshot.hash)])
                 .set(to: 1)
         }
         for l in listeners {
             guard case .tcp = l.address else { continue }
             let queued = srv_sys_listen_queue_length(l.fd)
             guard queued >= 0 else { continue }  // --reuse-port: each worker has its own queue
-            registry.makeGauge(name: "srv_listen_queue_length", labels: [("listener", l.boundDescription)],
-                               help: "Connections waiting in a listener's accept queue.")
+            registry.makeGauge(descriptor: Self.metric("srv_listen_queue_length", "Connections waiting in a listener's accept queue."), labels: [("listener", l.boundDescription)])
                 .set(to: Double(queued))
         }
         for w in live {
             guard let rss = Self.residentBytes(of: w.pid) else { continue }
-            registry.makeGauge(name: "srv_worker_resident_bytes", labels: [("pid", String(w.pid))],
-                               help: "Resident memory of each worker process.")
+            registry.makeGauge(descriptor: Self.metric("srv_worker_resident_bytes", "Resident memory of each worker process."), labels: [("pid", String(w.pid))])
                 .set(to: Double(rss))
         }
         var out = registry.emitToBuffer()
         Self.emitDurationHistogram(totals, apps: apps, into: &out)
         return out
+    }
+
+    /// A metric's name and help as swift-prometheus describes them (srv's names carry
+    /// their unit already: `srv_requests_total`).
+    static func metric(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
     static let requestsHelp = "Requests answered, by application (mount), method and status class; status=\"none\": its worker died running it."
