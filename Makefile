@@ -26,6 +26,9 @@ SSE42        := $(shell grep -qw sse4_2 /proc/cpuinfo 2>/dev/null && echo -Xcc -
 # figures). -Xswiftc reaches every module of a release build; SwiftPM has no way to name
 # only NIO's. `swift test` (debug) keeps every check.
 SWIFTFLAGS   ?= -Xswiftc -enforce-exclusivity=unchecked $(SSE42)
+# SwiftPM prints a line per compiled file (3,000 before the first test result); quiet, it
+# prints errors only. `make V=1 ...` shows everything.
+QUIET        := $(if $(V),,--quiet)
 WORKERS      ?= 3
 BIND         ?= 127.0.0.1:8000
 
@@ -39,21 +42,21 @@ deps:
 	@Tests/deps.sh build
 
 build: deps
-	$(SWIFT) build -c $(CONFIG) $(SWIFTFLAGS) --product srv
+	$(SWIFT) build $(QUIET) -c $(CONFIG) $(SWIFTFLAGS) --product srv
 
 ## The C examples (hello, conformance) and the Swift blog example (libblog.so).
 examples: deps
 	$(MAKE) -C Examples OUT=$(CURDIR)/$(PLUGINS)
 
 blog: deps
-	$(SWIFT) build -c $(CONFIG) $(SWIFTFLAGS) --product blog
+	$(SWIFT) build $(QUIET) -c $(CONFIG) $(SWIFTFLAGS) --product blog
 
 ## Deliberately broken plugins, one per refusal srv must make.
 test-plugins: deps
 	$(MAKE) -C Tests/Plugins OUT=$(CURDIR)/$(PLUGINS) all header-check
 
 unit-test: deps
-	$(SWIFT) test
+	$(SWIFT) test $(QUIET)
 
 integration-test: build blog examples test-plugins
 	@Tests/deps.sh test

@@ -33,7 +33,7 @@ final class PathTrustTests: XCTestCase {
 
     func testADirectoryAboveOthersMayWriteIsNot() throws {
         try FileManager.default.createDirectory(atPath: "\(dir)/a/b", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: "\(dir)/a/b/liby.so", contents: Data("y".utf8))
+        _ = FileManager.default.createFile(atPath: "\(dir)/a/b/liby.so", contents: Data("y".utf8))
         chmod("\(dir)/a/b/liby.so", 0o644)
         chmod("\(dir)/a/b", 0o755)
         chmod("\(dir)/a", 0o777)

@@ -19,7 +19,7 @@ final class ELFCheckTests: XCTestCase {
 
     func write(_ name: String, _ bytes: [UInt8]) -> String {
         let path = "\(dir!)/\(name)"
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         return path
     }
 
@@ -87,7 +87,7 @@ final class SnapshotTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let source = "\(dir)/libx.so"
-        FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
+        _ = FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
         let s = try Snapshot.take(of: source)
         // SHA-256("abc"), FIPS 180-2 appendix B.1.
         XCTAssertEqual(s.hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
@@ -95,7 +95,7 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: s.path), "/memfd:srv-ba7816bf8f01-libx.so (deleted)")
         XCTAssertEqual(contents(s.path), Data("abc".utf8))
         // Overwriting or removing the original leaves the snapshot intact.
-        FileManager.default.createFile(atPath: source, contents: Data("abcd".utf8))
+        _ = FileManager.default.createFile(atPath: source, contents: Data("abcd".utf8))
         try FileManager.default.removeItem(atPath: dir)
         XCTAssertEqual(contents(s.path), Data("abc".utf8))
         // Sealed: nobody, not even the master, can change it.
@@ -110,7 +110,7 @@ final class SnapshotTests: XCTestCase {
 
     func testTheDescriptorClosesWithTheLastSnapshotThatHoldsIt() throws {
         let source = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString).so"
-        FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
+        _ = FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
         defer { unlink(source) }
         var snapshot: Snapshot? = try Snapshot.take(of: source)
         let fd = snapshot!.descriptor
@@ -132,7 +132,7 @@ final class SnapshotTests: XCTestCase {
 
     func testLongInputHash() throws {
         let source = NSTemporaryDirectory() + "srv-snap-\(UUID().uuidString).so"
-        FileManager.default.createFile(atPath: source, contents: Data(repeating: UInt8(ascii: "a"), count: 1_000_000))
+        _ = FileManager.default.createFile(atPath: source, contents: Data(repeating: UInt8(ascii: "a"), count: 1_000_000))
         defer { unlink(source) }
         // SHA-256 of one million "a", FIPS 180-2 appendix B.3.
         XCTAssertEqual(try Snapshot.take(of: source).hash,

@@ -60,7 +60,7 @@ final class SettingTableTests: XCTestCase {
             let fromFlag = try SettingSources.resolveUnchecked(
                 flags: SettingSources.parseFlags(["--app", "/a.so"] + flag, command: &command), environment: [:])
             let file = dir + "/\(setting.name).conf"
-            FileManager.default.createFile(atPath: file, contents: Data("app = /a.so\n\(setting.name.replacingOccurrences(of: "-", with: "_")) = \(value)\n".utf8))
+            _ = FileManager.default.createFile(atPath: file, contents: Data("app = /a.so\n\(setting.name.replacingOccurrences(of: "-", with: "_")) = \(value)\n".utf8))
             var fromFile = try SettingSources.resolveUnchecked(
                 flags: SettingSources.parseFlags(["-c", file], command: &command), environment: [:])
             fromFile.configFile = nil

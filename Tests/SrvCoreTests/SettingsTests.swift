@@ -59,7 +59,7 @@ final class SettingsTests: XCTestCase {
 final class ConfigFileTests: XCTestCase {
     private func settings(file text: String, flags: [String] = []) throws -> Settings {
         let path = NSTemporaryDirectory() + "srv-conf-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
         defer { unlink(path) }
         var command = SettingSources.CommandFlags()
         let values = try SettingSources.parseFlags(["-c", path] + flags, command: &command)

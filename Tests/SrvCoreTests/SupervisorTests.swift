@@ -41,11 +41,13 @@ final class SupervisorTests: XCTestCase {
     }
 
     func advance(_ seconds: Double) { t = t.adding(seconds: seconds) }
+    @discardableResult
     func tick(_ activity: [pid_t: Supervisor.Activity] = [:]) -> [Supervisor.Action] { send(.tick(activity: activity)) }
     func pids(of g: Int) -> [pid_t] { s.workers.values.filter { $0.generation == g }.map { $0.pid }.sorted() }
     func signals(_ actions: [Supervisor.Action]) -> [(pid_t, Int32)] {
         actions.compactMap { if case .signal(let p, let sig) = $0 { return (p, sig) }; return nil }
     }
+    @discardableResult
     func readyAll(_ g: Int) -> [Supervisor.Action] {
         pids(of: g).flatMap { send(.message(pid: $0, .ready)) }
     }
