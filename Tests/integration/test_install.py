@@ -297,7 +297,7 @@ def test_installed_srv_serves_with_the_toolchain_hidden(installed):
 
 
 def documented_swift_plugin():
-    """GATEWAY.md's complete Swift plugin: {path: text} of each `File \`PATH\`:` block,
+    """GATEWAY.md's complete Swift plugin: {path: text} of each "File `PATH`:" block,
     and the lines of the sh block after it (build, check, serve, curl)."""
     with open(os.path.join(ROOT, "PluginSDK", "GATEWAY.md"), encoding="utf-8") as f:
         text = f.read()
