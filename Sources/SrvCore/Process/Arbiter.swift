@@ -83,14 +83,15 @@ public final class Arbiter {
         _ = Spawn.executable  // remember where we came from before a deploy replaces it
         signalFD = Self.signals.withUnsafeBufferPointer { srv_sys_signalfd($0.baseAddress, Int32($0.count)) }
         guard signalFD >= 0 else { logger.critical("cannot create a signalfd"); return 1 }
-        // The applications first: one that is missing or no plugin at all stops srv before
-        // it binds (the rest of loading happens in the workers, or in check children).
+        // The applications first: one that is missing or no plugin at all is bad input,
+        // like a bad flag (exit 64), found before srv binds (the rest of loading happens
+        // in the workers, or in check children).
         // (Held by `preparation` alone: a snapshot lives as long as something uses it.)
         preparation = Preparation(settings: settings, previous: nil, logger: logger)
         if let refusal = preparation?.explicitRefusal {
             preparation?.cancel()
             logger.critical("cannot start: \(refusal); nothing to serve")
-            return 1
+            return 64
         }
         do {
             try prepareRuntimeFiles()
