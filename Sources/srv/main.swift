@@ -90,7 +90,8 @@ func serve(_ flags: [SettingSources.Value], checkConfig: Bool) throws {
         if let dir = settings.appsDir { paths += AppsDirectory.scan(dir, logger: nil).map { $0.path } }
         var invalid = 0
         for path in paths {
-            let r = PluginCheck.run(path: path, timeout: settings.bootTimeout, strict: !settings.insecurePlugins)
+            let r = PluginCheck.run(path: path, timeout: settings.bootTimeout, strict: !settings.insecurePlugins,
+                                    uid: settings.workerUID, gid: settings.workerGID)
             if r.valid {
                 print("app ok  \(path)  (\(r.name ?? "") \(r.version ?? ""))")
             } else {

@@ -40,7 +40,7 @@ final class PathTrustTests: XCTestCase {
         XCTAssertEqual(PathTrust.problem("\(dir)/a/b/liby.so")?.culprit, "\(dir)/a")
         XCTAssertThrowsError(try PathTrust.check("\(dir)/a/b/liby.so")) {
             XCTAssertEqual(($0 as? PluginError)?.reason, "writable-by-others")
-            XCTAssertTrue("\($0)".contains("chmod go-w \(dir)/a"), "\($0)")
+            XCTAssertTrue("\($0)".contains("chmod go-w \(dir)/a`"), "\($0)")
             XCTAssertTrue("\($0)".contains("--insecure-plugins"), "\($0)")
         }
     }
@@ -68,6 +68,26 @@ final class PathTrustTests: XCTestCase {
             XCTAssertEqual(PathTrust.problem("\(dir)/libx.so", owner: other)?.found,
                            "owned by uid \(geteuid()), neither root nor srv's user (uid \(other))")
         }
+    }
+
+    func testALinkOfAnotherUserOnTheWayIsNot() throws {
+        // /tmp/app.so, a link another user made in a sticky directory: it could point at a
+        // trusted file when srv checks and at theirs when srv reads.
+        try XCTSkipUnless(geteuid() == 0, "needs root to give a link to another user")
+        symlink("\(dir)/libx.so", "\(dir)/theirs.so")
+        XCTAssertEqual(lchown("\(dir)/theirs.so", 4242, 4242), 0)
+        XCTAssertEqual(PathTrust.problem("\(dir)/theirs.so")?.culprit, "\(dir)/theirs.so")
+        XCTAssertEqual(PathTrust.problem("\(dir)/theirs.so")?.found, "a symbolic link owned by uid 4242, neither root nor srv's user (uid 0)")
+    }
+
+    func testTheFileReadIsJudgedAgainOnItsDescriptor() {
+        // The snapshot judges the descriptor it reads: a file made writable after the
+        // path's check is refused all the same.
+        chmod("\(dir)/libx.so", 0o666)
+        XCTAssertThrowsError(try Snapshot.readFile("\(dir)/libx.so", strict: true)) {
+            XCTAssertEqual(($0 as? PluginError)?.reason, "writable-by-others")
+        }
+        XCTAssertNoThrow(try Snapshot.readFile("\(dir)/libx.so", strict: false))
     }
 
     func testAMissingFileIsLeftToTheReader() {

@@ -59,6 +59,45 @@ def wait_until(predicate, timeout=30, interval=0.05, message="the condition"):
         time.sleep(interval)
 
 
+def pid_alive(pid):
+    """True while process `pid` runs (another user's too); a zombie is dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def snapshots_held(pid):
+    """The snapshots process `pid` holds open (sealed memory files `srv-<hash>-<file>`):
+    {name: the path under /proc that reads its content}."""
+    held = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if re.match(r"/memfd:srv-[0-9a-f]{12}-", target):
+            held[target[len("/memfd:"):].removesuffix(" (deleted)")] = f"/proc/{pid}/fd/{fd}"
+    return held
+
+
+def answers(port, path="/", body=None):
+    """True when a GET of `path` answers 200 (with `body`, when given); False while srv
+    cannot be reached: for wait_until."""
+    try:
+        r = request(port, path=path)
+    except OSError:
+        return False
+    return r.status == 200 and (body is None or r.body == body)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -388,7 +388,7 @@ def test_make_run_in_the_background_stops_with_kill(tmp_path):
     import shutil
     import subprocess
     import time
-    from conftest import SRV, free_port, wait_until
+    from conftest import SRV, answers, free_port, pid_alive, wait_until
     if not os.path.exists(BLOG_SO):
         pytest.fail(f"{BLOG_SO} missing: build the blog")
     port = free_port()
@@ -402,19 +402,18 @@ def test_make_run_in_the_background_stops_with_kill(tmp_path):
     pid_file = os.path.join(ROOT, "build", "srv.pid")
     master = None
     try:
-        wait_until(lambda: make.poll() is not None or request(port).status == 200 if _listening(port) else False,
-                   message=lambda: (tmp_path / "make.log").read_text())
+        wait_until(lambda: make.poll() is not None or answers(port), message=lambda: (tmp_path / "make.log").read_text())
         assert make.poll() is None, (tmp_path / "make.log").read_text()
         with open(pid_file) as f:
             master = int(f.read())
         make.terminate()  # kill PID
         make.wait(timeout=30)
-        wait_until(lambda: not _alive(master), message=f"srv (pid {master}) to stop with make")
+        wait_until(lambda: not pid_alive(master), message=f"srv (pid {master}) to stop with make")
         assert not _listening(port)
     finally:
         if make.poll() is None:
             make.kill()
-        if master and _alive(master):
+        if master and pid_alive(master):
             os.kill(master, signal.SIGKILL)  # left behind: the test failed, the port must not stay taken
         log.close()
 
@@ -426,12 +425,3 @@ def _listening(port):
         return True
     except OSError:
         return False
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"

@@ -258,7 +258,7 @@ def test_a_plugin_others_may_write_is_refused_unless_insecure_plugins(tmp_path, 
     shutil.copy(plugin("hello"), app)
     os.chmod(app, 0o666)
     rc, out = check(str(app))
-    assert rc == 1 and f"{app}: the file is mode 666: writable by anyone" in out and "--insecure-plugins" in out, out
+    assert rc == 1 and f"{app}: it is mode 666: writable by anyone" in out and "--insecure-plugins" in out, out
     rc, reports = check_json(str(app))
     assert reports[0]["reason"] == "writable-by-others", reports
     p, out = serve_and_fail(str(app), tmp_path)
@@ -286,5 +286,5 @@ def test_an_apps_dir_others_may_write_is_refused(tmp_path):
     p = subprocess.run([SRV, "--apps-dir", str(apps), "-b", f"127.0.0.1:{free_port()}", "--check-config"],
                        capture_output=True, text=True, timeout=30)
     out = p.stdout + p.stderr
-    assert p.returncode != 0 and f"apps-dir {apps}: {apps} is mode 777: writable by anyone" in out, out
+    assert p.returncode != 0 and f"apps-dir {apps}: it is mode 777: writable by anyone" in out, out
     assert "--insecure-plugins" in out, out

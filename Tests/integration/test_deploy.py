@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import SRV, Conn, free_port, plugin, request, unprivileged_user, wait_until
+from conftest import SRV, Conn, answers, free_port, plugin, request, snapshots_held, unprivileged_user, wait_until
 
 
 def srv(*args, env=None, timeout=60):
@@ -104,20 +104,13 @@ def test_access_logfile_dash_is_standard_output_as_gunicorn(tmp_path):
                           "--runtime-dir", str(tmp_path / "run")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: _answers(port), message="srv to serve")
+        wait_until(lambda: answers(port), message="srv to serve")
         assert request(port, path="/logged-here").status == 200
     finally:
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
     assert "GET /logged-here" in out, (out, err)
     assert "GET /logged-here" not in err and "generation 1 ready" in err, err
-
-
-def _answers(port):
-    try:
-        return request(port).status == 200
-    except OSError:
-        return False
 
 
 def test_a_bare_port_listens_on_loopback_only(tmp_path):
@@ -205,19 +198,6 @@ def test_the_unix_socket_is_open_to_local_users_by_default_and_umask_narrows_it(
 
 
 # MARK: - Runtime directory and snapshots
-
-def snapshots_held(pid):
-    """The memory files named `srv-<hash>-<file>` process `pid` holds open: its snapshots."""
-    held = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if re.match(r"/memfd:srv-[0-9a-f]{12}-", target):
-            held.append(target)
-    return held
-
 
 def test_snapshots_no_generation_uses_are_freed(serve, tmp_path):
     app = tmp_path / "libapp.so"

@@ -37,7 +37,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SRV, Conn, free_port, plugin, request, status, wait_until
+from conftest import ROOT, SRV, Conn, free_port, plugin, request, snapshots_held, status, wait_until
 
 SPEC_PATH = os.path.join(ROOT, "PluginSDK", "GATEWAY.md")
 HEADER_DIR = os.path.join(ROOT, "PluginSDK", "C", "include")
@@ -546,20 +546,6 @@ def tables_json(server, prefix="/t"):
 def mapped_files(pid):
     with open(f"/proc/{pid}/maps") as f:
         return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
-
-
-def snapshots_held(pid):
-    """The snapshots process `pid` holds open, by memory file name (`srv-<hash>-<file>`):
-    the paths under /proc that read their content."""
-    held = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if re.match(r"/memfd:srv-[0-9a-f]{12}-", target):
-            held[target[len("/memfd:"):].removesuffix(" (deleted)")] = f"/proc/{pid}/fd/{fd}"
-    return held
 
 
 def log_since(server, mark):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import SRV, Conn, Server, free_port, plugin, read_status, request, wait_until
+from conftest import SRV, Conn, Server, free_port, pid_alive, plugin, read_status, request, wait_until  # noqa: F401 (pid_alive: test_master_lifecycle imports it from here)
 
 V1 = b"conformance 1.0.0\n"
 V2 = b"conformance 2.0.0\n"
@@ -195,21 +195,6 @@ def srv_status(s, *extra):
 def wait_workers(s, n, timeout=30):
     return wait_for(lambda: len(s.worker_pids()) == n and s.worker_pids(), timeout=timeout,
                     what=f"{n} worker(s) (have {s.worker_pids()})")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    # A zombie is dead too.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def copy_in_place(src, dst):

@@ -28,7 +28,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import SRV, Conn, plugin, request, status, wait_until
+from conftest import SRV, Conn, answers, plugin, request, status, wait_until
 
 MiB = 1 << 20
 MB = 1000 * 1000
@@ -586,14 +586,7 @@ def test_out_of_descriptors_does_not_spin_is_logged_and_recovers(serve):
     finally:
         for c in conns:
             c.close()
-
-    def served():
-        try:
-            return request(s.port, path="/?after").status == 200
-        except OSError:
-            return False
-
-    wait_for("a request served once the connections closed", served, timeout=30, interval=0.5)
+    wait_for("a request served once the connections closed", lambda: answers(s.port, path="/?after"), timeout=30, interval=0.5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -903,13 +896,7 @@ def test_a_removed_runtime_directory_costs_no_worker_reload_or_status(serve, tmp
     (worker,) = s.worker_pids()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: s.worker_pids() not in ([], [worker]), message="a replacement worker")
-
-    def served(body):
-        try:
-            return request(s.port).body == body
-        except OSError:
-            return False
-    wait_until(lambda: served(b"Hello, World!\n"), message=lambda: f"the replacement to serve:\n{s.read_log()[-3000:]}")
+    wait_until(lambda: answers(s.port, body=b"Hello, World!\n"), message=lambda: f"the replacement to serve:\n{s.read_log()[-3000:]}")
     shutil.copy(plugin("valid"), app)
     mark = len(s.read_log())
     s.signal(signal.SIGHUP)

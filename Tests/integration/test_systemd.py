@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SRV, plugin
+from conftest import ROOT, SRV, pid_alive, plugin
 
 UNITS = os.path.join(ROOT, "Examples", "systemd")
 SERVICE = os.path.join(UNITS, "srv-blog.service")
@@ -228,19 +228,11 @@ class NotifySocket:
         self.sock.close()
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pid, timeout=60):
     deadline = time.time() + timeout
-    while _alive(pid) and time.time() < deadline:
+    while pid_alive(pid) and time.time() < deadline:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 def _get(port):
@@ -320,7 +312,7 @@ def test_exec_start_under_systemd(tmp_path):
         assert _wait_gone(new_master), srv_log()
     finally:
         for pid in (proc.pid, new_master):
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 try:
                     os.killpg(os.getpgid(pid), signal.SIGKILL)
                 except ProcessLookupError:

@@ -32,9 +32,7 @@ extension Setting {
                 if access(dir, R_OK | X_OK) != 0 {
                     return "apps-dir \(dir): cannot read it (\(String(cString: strerror(errno)))); check its permissions"
                 }
-                if !s.insecurePlugins, let p = PathTrust.problem(dir) {
-                    return "apps-dir \(dir): \(p.culprit) is \(p.found), so another user could put code into srv; expected it and every directory above it to belong to root or srv's user and be writable by no one else: run `chmod go-w \(p.culprit)` (or chown it), or pass --insecure-plugins"
-                }
+                if !s.insecurePlugins, let p = PathTrust.problem(dir) { return "apps-dir \(dir): \(p.explanation(of: dir))" }
                 return nil
             },
         .toggle("insecure-plugins", \.insecurePlugins,
@@ -42,7 +40,7 @@ extension Setting {
 
         // MARK: Listening
         .list("bind", short: "b", \.binds, valueName: "ADDRESS",
-              help: "Listen on HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable. A bare PORT is 127.0.0.1:PORT (this machine only); 0.0.0.0:PORT or [::]:PORT listen on every address. Default \(Settings.defaultBind).",
+              help: "Listen on HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable. A bare PORT is 127.0.0.1:PORT (this machine only); 0.0.0.0:PORT listens on every IPv4 address, [::]:PORT on every IPv6 one. Default \(Settings.defaultBind).",
               check: { s in
                   s.effectiveBinds.compactMap { b -> String? in
                       if case .failure(let e) = BindAddress.parse(b) { return e.description }

@@ -14,11 +14,11 @@ public struct Settings: Codable, Equatable {
     public var appsDir: String?
     public var binds: [String] = []
     public var backlog = 2048
+    /// Load plugins that users other than srv's and root may write (PathTrust).
+    public var insecurePlugins = false
     /// One SO_REUSEPORT listening socket per worker (Gunicorn's --reuse-port). Off by
     /// default: a retiring or crashing worker's own queue dies with its socket, so a reload
     /// could reset connections (unless the kernel migrates them, net.ipv4.tcp_migrate_req).
-    /// Load plugins that users other than srv's and root may write (PathTrust).
-    public var insecurePlugins = false
     public var reusePort: Bool?
 
     /// Whether the TCP listeners srv opens give each worker a socket of its own.

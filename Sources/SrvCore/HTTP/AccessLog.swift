@@ -55,7 +55,7 @@ struct AccessRecord {
     var durationMicros: Int
 }
 
-/// Writes access-log lines to a file or stderr; USR1 reopens the file (log rotation).
+/// Writes access-log lines to a file or standard output ("-"); USR1 reopens the file (log rotation).
 public final class AccessLog {
     private let segments: [AccessLogFormat.Segment]
     private let path: String

@@ -57,8 +57,13 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// The parser paused for `chunkLineAhead`, not at the end of a message.
     private var pausedForChunkLine = false
     /// Input whose meaning the next read decides, parsed with it: the start of a chunk-size
-    /// line, or the end of an incomplete head (RequestValidation.spaceTrailingTabs).
+    /// line or of a request line, or the end of an incomplete head
+    /// (RequestValidation.spaceTrailingTabs).
     private var heldInput: ByteBuffer?
+    /// llhttp is inside a message (from its first byte to its end).
+    private var inMessage = false
+    /// The longest request line held back whole (beyond it, llhttp's 414 decides).
+    private var maxRequestLine: Int { worker.limits.line > 0 ? worker.limits.line + 16 : RequestHead.maxBytes }
     /// The chunk llhttp is reading is the last one (size 0): trailers follow, not a size line.
     private var lastChunk = false
     /// After an Upgrade or CONNECT request srv answers, then reads nothing more.
@@ -299,6 +304,12 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             }
             // Between messages or inside a head: trailing tabs of field values become
             // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5).
+            // A request line reaches llhttp whole: its answer (400 for a malformed line, 501
+            // for an unknown method) needs all of it, wherever the client's writes split it.
+            if case .idle = phase, !inMessage, RequestValidation.requestLineIncomplete(buffer, maxLine: maxRequestLine) {
+                heldInput = buffer
+                return
+            }
             if case .idle = phase {
                 let undecided = RequestValidation.spaceTrailingTabs(in: &buffer)
                 if undecided > 0 {
@@ -332,6 +343,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
             case HPE_PAUSED, HPE_PAUSED_UPGRADE:
                 buffer.moveReaderIndex(forwardBy: consumed)
                 c_nio_llhttp_resume(parser)
+                inMessage = false
                 messageComplete(context: context)
                 if !takesInput {
                     if case .responding = phase { stash(&buffer) }
@@ -384,6 +396,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     }
 
     private func messageBegin() -> Int32 {
+        inMessage = true
         head.reset()
         if refusal != nil { refusal = nil }
         lastActivity = worker.clock.now()
@@ -513,7 +526,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         let status: Int, message: String
         if let r = refusal {
             (status, message) = r
-        } else if rc == HPE_INVALID_METHOD, let method = Self.unknownMethod(in: input) {
+        } else if rc == HPE_INVALID_METHOD, let method = Self.unknownMethod(in: input, held: heldInput) {
             (status, message) = (501, "the method \(method) is not implemented; srv serves the methods of RFC 9110 and WebDAV's")
         } else {
             (status, message) = Self.describe(rc, reason: c_nio_llhttp_get_error_reason(parser).map { String(cString: $0) } ?? "")
@@ -528,9 +541,11 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// otherwise well formed (then the answer is 501, RFC 9110 9.1); nil for a malformed
     /// request line (400). A message starts at the beginning of the input llhttp was given
     /// (it pauses after each one).
-    private static func unknownMethod(in input: ByteBuffer) -> String? {
-        input.withUnsafeReadableBytes { raw -> String? in
-            guard let method = RequestValidation.methodOfWellFormedLine(raw) else { return nil }
+    /// `held`: the bytes waiting for the next read; a CR or LF there ends the line too.
+    private static func unknownMethod(in input: ByteBuffer, held: ByteBuffer?) -> String? {
+        let heldEndsLine = held?.readableBytesView.first.map { $0 == 0x0d || $0 == 0x0a } ?? false
+        return input.withUnsafeReadableBytes { raw -> String? in
+            guard let method = RequestValidation.methodOfWellFormedLine(raw, lineEnded: heldEndsLine) else { return nil }
             return String(decoding: method.prefix(32), as: UTF8.self)
         }
     }

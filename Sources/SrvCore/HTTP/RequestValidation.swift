@@ -74,16 +74,25 @@ enum RequestValidation {
         !bytes.isEmpty && bytes.allSatisfy { HTTPChars.isToken($0) }
     }
 
+    /// The start of a request line with no LF yet (and not past `maxLine`): it waits for
+    /// the rest before llhttp sees it.
+    static func requestLineIncomplete(_ buffer: ByteBuffer, maxLine: Int) -> Bool {
+        buffer.withUnsafeReadableBytes { raw in
+            raw.count <= maxLine && (raw.baseAddress.map { memchr($0, 0x0a, raw.count) == nil } ?? false)
+        }
+    }
+
     /// The method of the request line at the start of `raw` when the line has the shape
     /// `method SP target SP HTTP-version` (RFC 9112 3), as far as it has arrived: a token,
     /// then at most two more words, the last one `HTTP/` once the line is complete. Nil for
     /// anything else (`G ET / HTTP/1.0` is a malformed line, not an unknown method G).
-    static func methodOfWellFormedLine(_ raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+    /// `lineEnded`: the line's CR LF follows `raw` (bytes held for the next read).
+    static func methodOfWellFormedLine(_ raw: UnsafeRawBufferPointer, lineEnded: Bool = false) -> UnsafeRawBufferPointer? {
         var end = 0
         while end < raw.count, raw[end] != 0x0d, raw[end] != 0x0a { end += 1 }
         let words = UnsafeRawBufferPointer(rebasing: raw[..<end]).split(separator: 0x20, omittingEmptySubsequences: false)
         guard let method = words.first.map(UnsafeRawBufferPointer.init(rebasing:)), isToken(method), words.count <= 3 else { return nil }
-        if end < raw.count {
+        if end < raw.count || lineEnded {
             guard words.count == 3, !words[1].isEmpty, hasPrefixLower(UnsafeRawBufferPointer(rebasing: words[2]), "http/") else { return nil }
         }
         return method

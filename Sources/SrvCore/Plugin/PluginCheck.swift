@@ -94,20 +94,20 @@ public enum PluginCheck {
         }
     }
 
-    /// Checks the plugin at `path` in a child and waits for it (`srv check`). `strict`:
-    /// refuse a plugin others may write (PathTrust), as serving does without
-    /// --insecure-plugins.
-    public static func run(path: String, timeout: Double = 10, strict: Bool = true) -> Report {
+    /// Checks the plugin at `path` in a child and waits for it (`srv check`, `srv
+    /// --check-config`). `strict`: refuse a plugin others may write (PathTrust), as serving
+    /// does without --insecure-plugins; `uid`, `gid`: the user the child loads it as.
+    public static func run(path: String, timeout: Double = 10, strict: Bool = true,
+                           uid: UInt32? = nil, gid: UInt32? = nil) -> Report {
         let snapshot: Snapshot
         do {
-            if strict { try PathTrust.check(path) }
-            snapshot = try Snapshot.take(of: path)
+            snapshot = try Snapshot.take(of: path, strict: strict)
         } catch {
             let e = error as? PluginError
             return Report(path: path, valid: false, reason: e?.reason ?? "error", error: e?.description ?? "\(path): \(error)")
         }
         let check: Running
-        switch start(snapshot, timeout: timeout) {
+        switch start(snapshot, timeout: timeout, uid: uid, gid: gid) {
         case .success(let c): check = c
         case .failure(let e): return Report(path: path, valid: false, reason: "error", error: e.description)
         }
@@ -130,6 +130,7 @@ public enum PluginCheck {
                 throw PluginError.unreadable(path: path, reason: "cannot switch to uid \(uid.map(String.init) ?? "-") gid \(gid.map(String.init) ?? "-") to load it: \(problem)")
             }
             let snapshot = Snapshot(source: path, hash: hash, descriptor: contentFD)
+            _ = fcntl(contentFD, F_SETFD, FD_CLOEXEC)
             let plugin = try Plugin(file: snapshot.path, displayPath: path, snapshot: snapshot)
             try plugin.runLoadHook(mount: "", multithread: false, multiprocess: false)
             report = Report(path: path, valid: true, name: plugin.name, version: plugin.version,

@@ -20,7 +20,7 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
     case crashed(path: String, signal: String)
     case hung(path: String, seconds: Double)
     case snapshotFailed(path: String, reason: String)
-    case writableByOthers(path: String, culprit: String, found: String)
+    case writableByOthers(path: String, problem: PathTrust.Problem)
 
     /// A short, stable name for the cause, used in logs, `srv status` and JSON output.
     public var reason: String {
@@ -92,9 +92,8 @@ public enum PluginError: Error, CustomStringConvertible, Equatable {
             return "\(p): the plugin did not finish loading within \(Int(s)) s (a constructor or its load hook hangs)."
         case .snapshotFailed(let p, let r):
             return "\(p): cannot make a private snapshot copy: \(r)."
-        case .writableByOthers(let p, let culprit, let found):
-            let what = culprit == p ? "the file is" : "\(culprit) is"
-            return "\(p): \(what) \(found), so another user could put code into srv. Expected the file and every directory above it to belong to root or srv's user and be writable by no one else: run `chmod go-w \(culprit)` (or chown it), or pass --insecure-plugins to load it anyway."
+        case .writableByOthers(let p, let problem):
+            return "\(p): \(problem.explanation(of: p))"
         }
     }
 }

@@ -27,11 +27,15 @@ public struct Snapshot: Codable {
     /// What `dlopen` loads in this process.
     public var path: String { "/proc/self/fd/\(descriptor)" }
 
-    /// Reads `source` into a sealed memory file named after it.
-    public static func take(of source: String) throws -> Snapshot {
-        let bytes = try readFile(source)
+    /// Reads `source` into a sealed memory file named after it. `strict`: refuse a file
+    /// others may write, or one reached through a place they may write (PathTrust); the
+    /// file is judged again on the descriptor read, so a swap after the check is caught.
+    public static func take(of source: String, strict: Bool) throws -> Snapshot {
+        if strict { try PathTrust.check(source) }
+        let bytes = try readFile(source, strict: strict)
         let hash = sha256(bytes)
-        let base = source.split(separator: "/").last.map(String.init) ?? "plugin.so"
+        // A memfd's name holds 249 bytes; the name is for people reading /proc.
+        let base = String((source.split(separator: "/").last.map(String.init) ?? "plugin.so").utf8.prefix(200)) ?? "plugin.so"
         let fd = bytes.withUnsafeBytes { srv_sys_sealed_file("srv-\(hash.prefix(12))-\(base)", $0.baseAddress, $0.count) }
         if fd < 0 { throw PluginError.snapshotFailed(path: source, reason: "memfd_create: \(String(cString: strerror(errno)))") }
         return Snapshot(source: source, hash: hash, descriptor: fd, owner: SealedFile(fd))
@@ -50,7 +54,7 @@ public struct Snapshot: Codable {
         self.owner = owner
     }
 
-    static func readFile(_ path: String) throws -> [UInt8] {
+    static func readFile(_ path: String, strict: Bool = false) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
             if errno == ENOENT { throw PluginError.missingFile(path: path) }
@@ -59,6 +63,9 @@ public struct Snapshot: Codable {
         defer { close(fd) }
         var st = stat()
         if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG { throw PluginError.notRegularFile(path: path) }
+        if strict, let p = PathTrust.problem(of: st, at: path, owner: geteuid(), isTarget: true) {
+            throw PluginError.writableByOthers(path: path, problem: p)
+        }
         var out: [UInt8] = []
         guard FileDescriptor.readAvailable(fd, into: &out) else {
             throw PluginError.unreadable(path: path, reason: String(cString: strerror(errno)))

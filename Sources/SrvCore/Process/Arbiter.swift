@@ -98,6 +98,7 @@ public final class Arbiter {
             listeners = try openListeners()
             metricsServer = try openMetricsListener()
         } catch {
+            preparation?.cancel()  // no check child outlives the master
             logger.critical("\(error)")
             return 1
         }
@@ -493,13 +494,26 @@ public final class Arbiter {
     /// workers drop to --user, log files they can append to (as Gunicorn does).
     private func prepareRuntimeFiles() throws {
         let me = geteuid()
-        try RuntimeDirectory.prepare(runtimeDirectory, owner: me, mode: 0o700, exactMode: false, what: "runtime directory")
+        try prepareRuntimeDirectory()
+        removeSnapshotDirectoriesOfEarlierVersions()
         if me == 0, let uid = settings.workerUID {
             for path in [settings.errorLogFile, settings.accessLogFile].compactMap({ $0 }) where path != "-" {
                 let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
                 if fd >= 0 { _ = fchown(fd, uid, settings.workerGID ?? UInt32.max); close(fd) }
             }
         }
+    }
+
+    /// srv kept snapshot files in `snapshots/master-PID` of the runtime directory before
+    /// they became memory files; those of masters that are gone are removed (a running
+    /// master of that version keeps its own), then the directory once empty.
+    private func removeSnapshotDirectoriesOfEarlierVersions() {
+        let old = "\(runtimeDirectory)/snapshots"
+        for name in Directory.names(in: old) ?? [] where name.hasPrefix("master-") {
+            guard let pid = pid_t(name.dropFirst(7)), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: "\(old)/\(name)")
+        }
+        rmdir(old)
     }
 
     /// Raises the soft limit of open files to the hard one (as nginx's worker_rlimit_nofile
@@ -595,17 +609,29 @@ public final class Arbiter {
         let status = ArbiterStatus(masterPID: getpid(), startedAt: startedAt.timeIntervalSince1970,
                                    listeners: listeners.map { $0.boundDescription }, supervisor: supervisor,
                                    counters: counters, appErrors: appErrors, lastReloadError: lastReloadError, now: now)
-        if statusWriter.write(status) { return }
-        // A cleaner removed the runtime directory (logind at logout, a tmp cleaner): the
-        // status file's place is made again, so that `srv status` keeps finding this master.
-        guard settings.statusFile == nil, access(runtimeDirectory, F_OK) != 0 else { return }
+        if settings.statusFile == nil, !runtimeDirectoryReady() { return }
+        statusWriter.write(status)
+    }
+
+    /// The runtime directory is srv's before the status file (which names requests) goes
+    /// there: made again when a cleaner removed it (logind at logout, a tmp cleaner), so
+    /// that `srv status` keeps finding this master; refused, said once, when another user
+    /// made it meanwhile.
+    private func runtimeDirectoryReady() -> Bool {
+        let missing = access(runtimeDirectory, F_OK) != 0
         do {
-            try RuntimeDirectory.prepare(runtimeDirectory, owner: geteuid(), mode: 0o700, exactMode: false, what: "runtime directory")
-            logger.warning("the runtime directory \(runtimeDirectory) was removed while srv ran; made it again for the status file")
-            statusWriter.write(status)
+            try prepareRuntimeDirectory()
+            if missing { logger.warning("the runtime directory \(runtimeDirectory) was removed while srv ran; made it again for the status file") }
+            runtimeDirectoryProblemLogged = false
+            return true
         } catch {
-            if !runtimeDirectoryProblemLogged { logger.error("\(error); `srv status` cannot find this master until it is back") }
+            if !runtimeDirectoryProblemLogged { logger.error("\(error); no status file (`srv status` cannot find this master) until it is srv's again") }
             runtimeDirectoryProblemLogged = true
+            return false
         }
+    }
+
+    private func prepareRuntimeDirectory() throws {
+        try RuntimeDirectory.prepare(runtimeDirectory, owner: geteuid(), mode: 0o700, exactMode: false, what: "runtime directory")
     }
 }

@@ -57,8 +57,8 @@ public enum BindAddress: Equatable, CustomStringConvertible {
         }
     }
 
-    /// The address with what it means, for `--check-config` and the start log:
-    /// `-b 8000` and `-b :8000` both listen on every IPv4 address.
+    /// The address with what it means, for `--check-config` and the start log: `-b 8000`
+    /// and `-b :8000` are 127.0.0.1 (this machine only), `0.0.0.0:8000` every IPv4 address.
     public var explained: String {
         switch self {
         case .tcp("0.0.0.0", _): return "\(description) (every IPv4 address of this machine)"

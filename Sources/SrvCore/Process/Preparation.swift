@@ -42,8 +42,7 @@ public final class Preparation {
             let isDirectoryApp = !explicit.contains(mount)
             let old = self.previous.first { $0.prefix == mount.prefix }
             do {
-                if !settings.insecurePlugins { try PathTrust.check(mount.path) }
-                let snapshot = try Snapshot.take(of: mount.path)
+                let snapshot = try Snapshot.take(of: mount.path, strict: !settings.insecurePlugins)
                 // The ELF header costs nothing to read: a file that is no plugin at all is
                 // refused here, before srv binds or starts a process for it.
                 try ELFCheck.validate(path: snapshot.path, display: mount.path)
@@ -66,19 +65,18 @@ public final class Preparation {
             } catch {
                 let message = (error as? PluginError)?.withReason ?? "\(error)"
                 entries.append(.refused(mount: mount, message: message, old: old, isDirectoryApp: isDirectoryApp))
+                if !isDirectoryApp, error is PluginError, explicitRefusal == nil {
+                    explicitRefusal = "app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message)"
+                }
             }
         }
     }
 
     /// Why an application named explicitly (`--app`, `--mount`) was refused before any
     /// process loaded it (a missing file, one that is no ELF shared object, one others may
-    /// write): at the first start, srv stops there, before it binds.
-    public var explicitRefusal: String? {
-        for case .refused(let mount, let message, _, false) in entries {
-            return "app \(mount.prefix.isEmpty ? "/" : mount.prefix): \(message)"
-        }
-        return nil
-    }
+    /// write): bad input, and at the first start srv stops there, before it binds. A check
+    /// that could not be started is no such refusal.
+    public private(set) var explicitRefusal: String?
 
     /// Every check has ended.
     public var isComplete: Bool { checks.isEmpty }

@@ -14,7 +14,8 @@ import Glibc
 /// of `RequestMetrics`.
 public final class Scoreboard {
     static let lineCapacity = 256
-    /// srv.request_id: srv's own is 20 characters at most, an adopted X-Request-Id 128.
+    /// srv.request_id: srv's own is 33 characters at most (12 hex digits, `-`, a counter),
+    /// an adopted X-Request-Id 128.
     static let idCapacity = 128
     static let idOffset = 16 + lineCapacity
     static let entriesOffset = 64

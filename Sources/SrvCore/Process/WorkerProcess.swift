@@ -117,6 +117,8 @@ public enum WorkerProcess {
         pthread_sigmask(SIG_BLOCK, &signalSet, nil)
         signal(SIGPIPE, SIG_IGN)
 
+        // The snapshots' descriptors are for dlopen here, not for processes an app starts.
+        for app in apps { _ = fcntl(app.snapshot.descriptor, F_SETFD, FD_CLOEXEC) }
         var mounted: [MountedApp] = []
         for app in apps {
             send(.loading(mount: app.prefix))

@@ -92,16 +92,14 @@ final class HTTPEdgeTests: XCTestCase {
 
     func testAMalformedRequestLineGets400NotMethodNotImplemented() throws {
         for line in ["G ET / HTTP/1.0", "BREW / / HTTP/1.1", "BREW /"] {
-            let c = try connection()
-            c.send("\(line)\r\nHost: h\r\n\r\n")
-            XCTAssertEqual(c.responses().first?.status, 400, line)
+            XCTAssertEqual(try statuses("\(line)\r\nHost: h\r\n\r\n"), [400], line)
         }
     }
 
     func testAWellFormedLineWithAnUnknownMethodStillGets501() throws {
-        let c = try connection()
-        c.send("BREW /pot HTTP/1.1\r\nHost: h\r\n\r\n")
-        XCTAssertEqual(c.responses().first?.status, 501)
+        // Split anywhere after the method (before it, the method is not yet known to be
+        // one llhttp lacks: "B" could start another method).
+        XCTAssertEqual(try statuses("BREW /pot HTTP/1.1\r\nHost: h\r\n\r\n"), [501])
     }
 
     // MARK: - --limit-request-field-size counts the line with its CRLF, as Gunicorn does
