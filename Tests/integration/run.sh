@@ -17,8 +17,22 @@ root=$(cd "$here/../.." && pwd)
 pytest=(python3 -m pytest -q -p no:cacheprovider)
 extra=(${PYTEST_ARGS:-})
 
+# What the suite may leave in /tmp: nothing. pytest's own directories go under a base
+# removed at the end; every name the tests create there is compared at the end.
+tmp_before=$(ls -A /tmp | sort)
+leftovers() {
+  comm -13 <(printf '%s\n' "$tmp_before") <(ls -A /tmp | sort) | grep -E '^(srv|apps-|pytest|tmp|blog|nginx)' || true
+}
+
 if [ "$(id -u)" -ne 0 ]; then
-  exec env SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" "${pytest[@]}" "${extra[@]}" "$root/Tests/integration"
+  base=$(mktemp -d /tmp/srv-pytest.XXXXXX)
+  rc=0
+  env SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" "${pytest[@]}" --basetemp="$base/t" "${extra[@]}" \
+    "$root/Tests/integration" || rc=$?
+  rm -rf "$base"
+  left=$(leftovers)
+  if [ -n "$left" ]; then echo "run.sh: the tests left these in /tmp:" $left >&2; [ "$rc" -eq 0 ] && rc=1; fi
+  exit "$rc"
 fi
 
 user=${SRV_TEST_USER:-srv-test}
@@ -47,6 +61,7 @@ if ! can_read "$root/Tests/integration/conftest.py" || ! can_read "$SRV_BIN" || 
 fi
 home=$(mktemp -d /tmp/srv-test-home.XXXXXX)
 chown "$user" "$home"
+root_base=$(mktemp -d /tmp/srv-pytest-root.XXXXXX)
 
 status=0
 echo "run.sh: integration tests as the unprivileged user '$user' ($(id -u "$user"))"
@@ -55,13 +70,19 @@ cd "$tree"
 runuser -u "$user" -- env -i PATH="$user_path" HOME="$home" LANG=C.UTF-8 \
   SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" SRV_TEST_ROOT_PHASE=0 \
   ASAN_OPTIONS="${ASAN_OPTIONS:-}" TSAN_OPTIONS="${TSAN_OPTIONS:-}" \
-  "${pytest[@]}" -m "not root" "${extra[@]}" "$tree/Tests/integration" || status=$?
+  "${pytest[@]}" -m "not root" --basetemp="$home/pytest" "${extra[@]}" "$tree/Tests/integration" || status=$?
 echo "run.sh: the tests that need root, as root"
 rc=0
 env SRV_BIN="$SRV_BIN" PLUGINS="$PLUGINS" BLOG_SO="$BLOG_SO" SRV_TEST_UNPRIVILEGED_USER="$user" \
-  "${pytest[@]}" -m root "${extra[@]}" "$tree/Tests/integration" || rc=$?
+  "${pytest[@]}" -m root --basetemp="$root_base/t" "${extra[@]}" "$tree/Tests/integration" || rc=$?
 # pytest exits 5 when no test was selected (none marked root matched a -k filter).
 [ "$rc" -eq 5 ] && rc=0
 [ "$status" -eq 0 ] && status=$rc
-rm -rf "$home"
+rm -rf "$home" "$root_base"
+[ "$tree" != "$root" ] && rm -rf "$tree"
+left=$(leftovers)
+if [ -n "$left" ]; then
+  echo "run.sh: the tests left these in /tmp (each test removes what it makes):" $left >&2
+  [ "$status" -eq 0 ] && status=1
+fi
 exit "$status"
