@@ -1,4 +1,5 @@
 /* The response path's byte loops (see http_chars.h). */
+#define _GNU_SOURCE
 #include "http_chars.h"
 
 #include <arpa/inet.h>
@@ -110,4 +111,9 @@ int srv_http_is_host(const char *p, size_t n) {
     for (i++; i < n; i++)
         if (s[i] < '0' || s[i] > '9') return 0;
     return 1;
+}
+
+long srv_http_head_end(const char *p, size_t n) {
+    const char *found = memmem(p, n, "\r\n\r\n", 4);
+    return found ? (long)(found - p) + 4 : -1;
 }

@@ -26,4 +26,8 @@ size_t srv_http_put_field(unsigned char *restrict dst, const char *restrict name
  * userinfo, spaces, slashes or bytes outside ASCII. An empty value is valid. */
 int srv_http_is_host(const char *p, size_t n);
 
+/* Where a head at the start of p[0..<n] ends: the offset after its CR LF CR LF, or -1
+ * when it has not fully arrived (memmem: a few instructions per 16 bytes). */
+long srv_http_head_end(const char *p, size_t n);
+
 #endif

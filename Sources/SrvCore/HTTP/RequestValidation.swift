@@ -78,7 +78,9 @@ enum RequestValidation {
     /// the rest before llhttp sees it.
     static func requestLineIncomplete(_ buffer: ByteBuffer, maxLine: Int) -> Bool {
         buffer.withUnsafeReadableBytes { raw in
-            raw.count <= maxLine && (raw.baseAddress.map { memchr($0, 0x0a, raw.count) == nil } ?? false)
+            // A read ending in LF (a whole head, as most are) has its line: no search.
+            guard let base = raw.baseAddress, raw[raw.count - 1] != 0x0a, raw.count <= maxLine else { return false }
+            return memchr(base, 0x0a, raw.count) == nil
         }
     }
 
@@ -113,7 +115,10 @@ enum RequestValidation {
         let (hasTab, undecided) = buffer.withUnsafeReadableBytes { raw -> (Bool, Int) in
             guard let base = raw.baseAddress, raw.count > 0 else { return (false, 0) }
             let last = raw[raw.count - 1]
-            let mayWait = last == 0x09 || last == 0x0d || last == 0x0a
+            // A read that ends its head (as almost every one does) leaves nothing undecided.
+            let endsHead = raw.count >= 4 && last == 0x0a && raw[raw.count - 2] == 0x0d
+                && raw[raw.count - 3] == 0x0a && raw[raw.count - 4] == 0x0d
+            let mayWait = !endsHead && (last == 0x09 || last == 0x0d || last == 0x0a)
             // The whole read first (memchr is fast); the head's end only when there is a tab.
             guard mayWait || memchr(base, 0x09, raw.count) != nil else { return (false, 0) }
             let end = headEnd(raw)
@@ -215,12 +220,9 @@ enum RequestValidation {
     /// Where the head at the start of `raw` ends (after its CR LF CR LF), or nil when it has
     /// not fully arrived.
     private static func headEnd(_ raw: UnsafeRawBufferPointer) -> Int? {
-        var i = 0
-        while i + 3 < raw.count {
-            if raw[i] == 0x0d, raw[i + 1] == 0x0a, raw[i + 2] == 0x0d, raw[i + 3] == 0x0a { return i + 4 }
-            i += 1
-        }
-        return nil
+        guard let base = raw.baseAddress else { return nil }
+        let end = srv_http_head_end(base.assumingMemoryBound(to: CChar.self), raw.count)
+        return end < 0 ? nil : end
     }
 
     // MARK: - Bytes
