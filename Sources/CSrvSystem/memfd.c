@@ -1,3 +1,4 @@
+/* Memory files: the workers' scoreboards and the plugins' sealed snapshots. */
 #define _GNU_SOURCE
 #include "CSrvSystem.h"
 
@@ -5,6 +6,13 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+int srv_sys_memfd(const char *name, size_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0) { close(fd); return -1; }
+    return fd;
+}
 
 int srv_sys_sealed_file(const char *name, const void *bytes, size_t count) {
     int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);

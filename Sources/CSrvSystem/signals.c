@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -70,11 +69,4 @@ void srv_sys_unblock_all_signals(void) {
     sigset_t set;
     sigemptyset(&set);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
-}
-
-int srv_sys_memfd(const char *name, size_t size) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
-    if (fd < 0) return -1;
-    if (ftruncate(fd, (off_t)size) != 0) { close(fd); return -1; }
-    return fd;
 }

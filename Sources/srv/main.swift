@@ -192,7 +192,7 @@ struct Status: ParsableCommand {
             guard found.count == 1 else {
                 if let pid = pid, let name = name {
                     let source = pidFile.map { " (from \($0))" } ?? ""
-                    if kill(pid, 0) != 0 && errno == ESRCH {
+                    if !Spawn.isRunning(pid) {
                         throw ValidationError("no process \(pid)\(source) is running: srv is not running, or the pid file was left by an srv that was killed")
                     }
                     throw ValidationError("process \(pid)\(source) is running, but no status file \(name) is where srv puts it (\(RuntimeDirectory.defaultPath), or /run/UNIT for a systemd unit); if it was started with --runtime-dir DIR or --status-file PATH, give --status-file PATH")
@@ -218,17 +218,6 @@ struct WorkerCommand: ParsableCommand {
     func run() throws { WorkerProcess.run() }
 }
 
-
-/// A private directory for one command's scratch files (mkdtemp), removed with its contents.
-struct TemporaryDirectory {
-    let path: String
-    init() throws {
-        var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("srv-check.XXXXXX").utf8CString)
-        guard let p = mkdtemp(&template) else { throw ValidationError("cannot create a temporary directory: \(String(cString: strerror(errno)))") }
-        path = String(cString: p)
-    }
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
-}
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {

@@ -214,7 +214,6 @@ final class RequestSlot {
             query = UnsafeRawBufferPointer(rebasing: path[(q + 1)...])
             path = UnsafeRawBufferPointer(rebasing: path[..<q])
         }
-        if let hash = query.firstIndex(of: UInt8(ascii: "#")) { query = UnsafeRawBufferPointer(rebasing: query[..<hash]) }
         e.query_string = query.count == 0 ? k.empty : put(query)
         let decoded = try percentDecode(path)
         guard let app = router.route(UnsafeRawBufferPointer(start: decoded.ptr, count: decoded.len)) else { return false }

@@ -303,15 +303,17 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
                 chunkLineAhead = false
             }
             // Between messages or inside a head: trailing tabs of field values become
-            // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5).
-            // A request line reaches llhttp whole: its answer (400 for a malformed line, 501
-            // for an unknown method) needs all of it, wherever the client's writes split it.
-            if case .idle = phase, !inMessage, RequestValidation.requestLineIncomplete(buffer, maxLine: maxRequestLine) {
-                heldInput = buffer
-                return
-            }
+            // spaces, which llhttp reads as the optional whitespace they are (RFC 9112 5),
+            // and what the next read decides waits for it. A request line reaches llhttp
+            // whole, its LF included: its answer (400 for a malformed line, 501 for an
+            // unknown method) needs all of it, wherever the client's writes split it.
             if case .idle = phase {
                 let undecided = RequestValidation.spaceTrailingTabs(in: &buffer)
+                if !inMessage, RequestValidation.requestLineIncomplete(buffer, decided: buffer.readableBytes - undecided,
+                                                                       maxLine: maxRequestLine) {
+                    heldInput = buffer
+                    return
+                }
                 if undecided > 0 {
                     heldInput = buffer.getSlice(at: buffer.writerIndex - undecided, length: undecided)
                     buffer.moveWriterIndex(to: buffer.writerIndex - undecided)
@@ -526,7 +528,7 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
         let status: Int, message: String
         if let r = refusal {
             (status, message) = r
-        } else if rc == HPE_INVALID_METHOD, let method = Self.unknownMethod(in: input, held: heldInput) {
+        } else if rc == HPE_INVALID_METHOD, let method = Self.unknownMethod(in: input) {
             (status, message) = (501, "the method \(method) is not implemented; srv serves the methods of RFC 9110 and WebDAV's")
         } else {
             (status, message) = Self.describe(rc, reason: c_nio_llhttp_get_error_reason(parser).map { String(cString: $0) } ?? "")
@@ -540,12 +542,10 @@ final class HTTPConnection: ChannelInboundHandler, RequestSlot.InlineOutput {
     /// The method of a request llhttp refused as an unknown method, when the request line is
     /// otherwise well formed (then the answer is 501, RFC 9110 9.1); nil for a malformed
     /// request line (400). A message starts at the beginning of the input llhttp was given
-    /// (it pauses after each one).
-    /// `held`: the bytes waiting for the next read; a CR or LF there ends the line too.
-    private static func unknownMethod(in input: ByteBuffer, held: ByteBuffer?) -> String? {
-        let heldEndsLine = held?.readableBytesView.first.map { $0 == 0x0d || $0 == 0x0a } ?? false
-        return input.withUnsafeReadableBytes { raw -> String? in
-            guard let method = RequestValidation.methodOfWellFormedLine(raw, lineEnded: heldEndsLine) else { return nil }
+    /// (it pauses after each one), and its request line arrives whole.
+    private static func unknownMethod(in input: ByteBuffer) -> String? {
+        input.withUnsafeReadableBytes { raw -> String? in
+            guard let method = RequestValidation.methodOfWellFormedLine(raw) else { return nil }
             return String(decoding: method.prefix(32), as: UTF8.self)
         }
     }

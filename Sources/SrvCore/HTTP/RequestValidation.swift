@@ -74,13 +74,15 @@ enum RequestValidation {
         !bytes.isEmpty && bytes.allSatisfy { HTTPChars.isToken($0) }
     }
 
-    /// The start of a request line with no LF yet (and not past `maxLine`): it waits for
-    /// the rest before llhttp sees it.
-    static func requestLineIncomplete(_ buffer: ByteBuffer, maxLine: Int) -> Bool {
+    /// The start of a request line with no LF among its first `decided` bytes (the rest
+    /// waits for the next read; not past `maxLine`): it waits for the rest before llhttp
+    /// sees it.
+    static func requestLineIncomplete(_ buffer: ByteBuffer, decided: Int, maxLine: Int) -> Bool {
         buffer.withUnsafeReadableBytes { raw in
-            // A read ending in LF (a whole head, as most are) has its line: no search.
-            guard let base = raw.baseAddress, raw[raw.count - 1] != 0x0a, raw.count <= maxLine else { return false }
-            return memchr(base, 0x0a, raw.count) == nil
+            // A whole head, as most reads are, has its line: no search.
+            guard let base = raw.baseAddress, decided < raw.count || raw[raw.count - 1] != 0x0a,
+                  raw.count <= maxLine else { return false }
+            return memchr(base, 0x0a, decided) == nil
         }
     }
 
@@ -88,13 +90,12 @@ enum RequestValidation {
     /// `method SP target SP HTTP-version` (RFC 9112 3), as far as it has arrived: a token,
     /// then at most two more words, the last one `HTTP/` once the line is complete. Nil for
     /// anything else (`G ET / HTTP/1.0` is a malformed line, not an unknown method G).
-    /// `lineEnded`: the line's CR LF follows `raw` (bytes held for the next read).
-    static func methodOfWellFormedLine(_ raw: UnsafeRawBufferPointer, lineEnded: Bool = false) -> UnsafeRawBufferPointer? {
+    static func methodOfWellFormedLine(_ raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         var end = 0
         while end < raw.count, raw[end] != 0x0d, raw[end] != 0x0a { end += 1 }
         let words = UnsafeRawBufferPointer(rebasing: raw[..<end]).split(separator: 0x20, omittingEmptySubsequences: false)
         guard let method = words.first.map(UnsafeRawBufferPointer.init(rebasing:)), isToken(method), words.count <= 3 else { return nil }
-        if end < raw.count || lineEnded {
+        if end < raw.count {
             guard words.count == 3, !words[1].isEmpty, hasPrefixLower(UnsafeRawBufferPointer(rebasing: words[2]), "http/") else { return nil }
         }
         return method

@@ -510,7 +510,7 @@ public final class Arbiter {
     private func removeSnapshotDirectoriesOfEarlierVersions() {
         let old = "\(runtimeDirectory)/snapshots"
         for name in Directory.names(in: old) ?? [] where name.hasPrefix("master-") {
-            guard let pid = pid_t(name.dropFirst(7)), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            guard let pid = pid_t(name.dropFirst(7)), !Spawn.isRunning(pid) else { continue }
             try? FileManager.default.removeItem(atPath: "\(old)/\(name)")
         }
         rmdir(old)

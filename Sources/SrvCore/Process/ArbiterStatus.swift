@@ -40,7 +40,7 @@ public struct ArbiterStatus: Codable {
     /// another user's master, but it exists).
     public static func isStatusFileOfLiveMaster(_ name: String) -> Bool {
         guard name.hasPrefix("master-"), name.hasSuffix(".json"), let pid = pid_t(name.dropFirst(7).dropLast(5)) else { return false }
-        return kill(pid, 0) == 0 || errno == EPERM
+        return Spawn.isRunning(pid)
     }
 
     /// Human-readable form.

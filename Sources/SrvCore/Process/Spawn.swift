@@ -65,6 +65,9 @@ public enum Spawn {
     }
 
     /// Describes how a child ended: "exit code 3" or "signal SIGSEGV".
+    /// Process `pid` exists (another user's too).
+    public static func isRunning(_ pid: pid_t) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+
     public static func describe(status: Int32) -> String {
         if status & 0x7f == 0 { return "exit code \((status >> 8) & 0xff)" }
         return "signal \(signalName(status & 0x7f))"

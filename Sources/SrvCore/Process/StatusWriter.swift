@@ -17,16 +17,13 @@ struct StatusWriter {
         return true
     }
 
-    /// False when the file could not be written (its directory is gone, for example).
-    @discardableResult
-    func write(_ status: ArbiterStatus) -> Bool {
+    func write(_ status: ArbiterStatus) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .withoutEscapingSlashes  // `srv status --json` prints it as it is
-        guard let data = try? encoder.encode(status) else { return false }
+        guard let data = try? encoder.encode(status) else { return }
         let temp = path + ".tmp"
         // 0600: it names the requests in flight; root's `srv status` reads any master's.
-        return FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600])
-            && rename(temp, path) == 0
+        if FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600]) { rename(temp, path) }
     }
 }
 

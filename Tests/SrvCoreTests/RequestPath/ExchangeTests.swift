@@ -8,12 +8,6 @@ import XCTest
 final class ExchangeTests: XCTestCase {
     override func setUp() { TestApp.reset() }
 
-    private func connection(_ configure: (inout Settings) -> Void = { _ in }, mount: String = "") throws -> TestConnection {
-        var settings = Settings()
-        configure(&settings)
-        return try TestConnection(settings: settings, mount: mount)
-    }
-
     // MARK: - One request
 
     func testAGETIsAnsweredWithTheApplicationsStatusHeadersAndBody() throws {

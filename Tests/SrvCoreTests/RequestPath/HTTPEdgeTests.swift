@@ -7,12 +7,6 @@ import XCTest
 final class HTTPEdgeTests: XCTestCase {
     override func setUp() { TestApp.reset() }
 
-    private func connection(_ configure: (inout Settings) -> Void = { _ in }) throws -> TestConnection {
-        var settings = Settings()
-        configure(&settings)
-        return try TestConnection(settings: settings)
-    }
-
     /// The status of `request` sent in one write, and sent in two at every byte boundary.
     private func statuses(_ request: String, configure: (inout Settings) -> Void = { _ in }) throws -> Set<Int> {
         let bytes = Array(request.utf8)

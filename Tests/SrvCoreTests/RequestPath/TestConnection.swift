@@ -205,3 +205,13 @@ struct TestResponse {
         return nil
     }
 }
+
+extension XCTestCase {
+    /// A connection to a worker whose settings are srv's defaults changed by `configure`,
+    /// serving the test app at `mount`.
+    func connection(_ configure: (inout Settings) -> Void = { _ in }, mount: String = "") throws -> TestConnection {
+        var settings = Settings()
+        configure(&settings)
+        return try TestConnection(settings: settings, mount: mount)
+    }
+}
