@@ -4,7 +4,8 @@
 #     1b alternates nginx, kore, nio-floor and srv for ROUNDS rounds; 1c sends a request
 #     with a browser's headers to nginx and srv;
 #  2. a 1 MiB file body: srv (SRV_BODY_FILE, sendfile) against nginx serving the same file;
-#  3. srv's worker RSS idle and under load.
+#  3. srv's worker RSS idle and under load;
+#  4. 10,000 connections at once (connections.sh): nginx and srv, errors, p99, listen queue.
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -140,3 +141,6 @@ echo "idle RSS:       $(rss)"
 wrk -t1 -c"$conns" -d"${secs}s" http://127.0.0.1:18093/ >/dev/null 2>&1 &
 sleep $((secs / 2)); echo "under load RSS: $(rss)"; wait %2 2>/dev/null
 kill "$master" 2>/dev/null
+
+echo "== 4. 10,000 keep-alive connections, wrk -t1 -c10000 --timeout 5s, ${ROUNDS_CONNECTIONS:-3} alternating rounds of nginx and srv"
+ROUNDS=${ROUNDS_CONNECTIONS:-3} "$here/connections.sh" "$secs" 10000

@@ -1,3 +1,4 @@
+import CSrvSystem
 import Glibc
 import Logging
 import NIOCore
@@ -8,7 +9,8 @@ import NIOCore
 ///   sees it, so without this nothing would say why clients were reset. The same error is
 ///   logged at most once per `interval`, with a count of the repeats;
 /// - out of descriptors it pauses accepting briefly instead of spinning;
-/// - with sibling workers on the same socket it pauses after each accept (`pacing`), so
+/// - it accepts in the batches `AcceptPacing` decides: the whole queue from a socket of
+///   its own; with siblings on the same socket, its share of the queue and then a pause, so
 ///   that new connections spread across the workers (200 connections on -w 2: 102/98; without
 ///   it one worker took most of a burst).
 final class AcceptHandler: ChannelInboundHandler {
@@ -19,18 +21,31 @@ final class AcceptHandler: ChannelInboundHandler {
     private var lastLogged: UInt64 = 0
     private var suppressed = 0
 
-    /// With siblings on the same socket, a pause after each accept, so that a burst of new
-    /// connections is shared among the woken workers instead of taken by the first.
-    private let pacing: TimeAmount?
+    private let pacing: AcceptPacing
+    /// The listening socket, whose queue length sets a shared listener's next batch.
+    private let listener: Int32
+    private var accepted = false
 
-    init(logger: Logger, pacing: TimeAmount? = nil) {
+    init(logger: Logger, pacing: AcceptPacing, listener: Int32) {
         self.logger = logger
         self.pacing = pacing
+        self.listener = listener
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        accepted = true
         context.fireChannelRead(data)
-        if let pause = pacing { pauseAccepting(context: context, for: pause) }
+    }
+
+    /// After a batch, a shared listener sets the next one from what is still queued (the
+    /// siblings take their shares of it too) and pauses.
+    func channelReadComplete(context: ChannelHandlerContext) {
+        guard pacing.shared, accepted else { return }
+        accepted = false
+        let queued = srv_sys_listen_queue_length(listener)
+        let batch = pacing.batch(queued: queued < 0 ? nil : Int(queued))
+        try? context.channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: UInt(batch))
+        pauseAccepting(context: context, for: .microseconds(pacing.pauseMicroseconds))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

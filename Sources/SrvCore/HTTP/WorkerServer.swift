@@ -90,19 +90,18 @@ public final class WorkerServer {
 
     /// Starts serving on already-listening sockets (fds inherited from the master).
     public func serve(listenerFDs: [Int32]) throws {
+        // Workers sharing one socket (no --reuse-port) pace their accepts.
+        let pacing = AcceptPacing(workers: settings.effectiveReusePort ? 1 : settings.workers,
+                                  backlog: settings.backlog)
         for fd in listenerFDs {
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        // Workers sharing one socket (no --reuse-port) pace their accepts.
-                        let shared = self.settings.workers > 1 && !self.settings.effectiveReusePort
                         try channel.pipeline.syncOperations.addHandler(
-                            AcceptHandler(logger: self.logger, pacing: shared ? .microseconds(200) : nil))
+                            AcceptHandler(logger: self.logger, pacing: pacing, listener: fd))
                     }
                 }
-                // One accept per wake-up: every worker polls the shared listener, and one
-                // that took a whole burst would hold connections its siblings could serve.
-                .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
+                .serverChannelOption(ChannelOptions.maxMessagesPerRead, value: UInt(pacing.batch(queued: nil)))
                 .childChannelInitializer { channel in self.initializeConnection(channel) }
             let channel = try bootstrap.withBoundSocket(fd).wait()
             // NIO's server channel calls listen(fd, 128) when it adopts the socket, before
