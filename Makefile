@@ -110,10 +110,10 @@ VERSION         := $(shell sed -n 's/.*serverVersion = "srv\/\([^"]*\)".*/\1/p' 
 INSTALL_ROOT     = $(DESTDIR)$(PREFIX)
 # Besides what ldd says srv needs, the runtime libraries a Swift plugin of the same
 # toolchain commonly needs (Concurrency, Regex, Synchronization, Glibc, Dispatch,
-# Foundation, the math shims), whichever the toolchain has. srv links Foundation today, so
-# most are among its own dependencies anyway; the list keeps the installed runtime from
-# shrinking when srv stops linking one, and covers the ones srv never loads
-# (FoundationNetworking needs libcurl.so.4, FoundationXML libxml2.so.2 from the system).
+# Foundation, the math shims), whichever the toolchain has. srv itself links
+# FoundationEssentials only (Foundation proper loads ICU: 3 ms of CPU at every worker start),
+# so the list covers what srv never loads: Foundation, its ICU, FoundationNetworking (needs
+# libcurl.so.4) and FoundationXML (libxml2.so.2 from the system).
 # srv's RUNPATH does not apply to a plugin's own dependencies: a plugin that needs a library
 # srv has not loaded finds it here when linked with -Xlinker -rpath -Xlinker $(PREFIX)/lib/srv/swift.
 SWIFT_PLUGIN_RUNTIME := libswift_Concurrency.so libswift_StringProcessing.so libswift_RegexParser.so \

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import SrvCore
 
@@ -52,7 +56,7 @@ func serveHelp() -> String {
 /// Bad input: what was wrong and where, then (for the command line) how it is used. Exit 64.
 func usageError(_ message: String, showUsage: Bool = true) -> Never {
     let usage = showUsage ? "Usage: \(usageLine)\n  See 'srv --help' for more information.\n" : ""
-    FileHandle.standardError.write(Data("Error: \(message)\n\(usage)".utf8))
+    fputs("Error: \(message)\n\(usage)", stderr)
     exit(64)
 }
 
@@ -73,7 +77,7 @@ func runServe(_ arguments: [String]) -> Never {
     } catch let e as ValidationError {
         usageError(e.message)
     } catch {
-        FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+        fputs("Error: \(error)\n", stderr)
         exit(1)
     }
 }
@@ -174,7 +178,7 @@ struct Status: ParsableCommand {
         var path = statusFile
         var pid = masterPID
         if path == nil, let pidFile = pidFile {
-            guard let text = TextFile.read(pidFile), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            guard let text = TextFile.read(pidFile), let p = Int32(text.trimmingWhitespace) else {
                 throw ValidationError("cannot read a pid from \(pidFile); is srv running with --pid \(pidFile)?")
             }
             pid = p

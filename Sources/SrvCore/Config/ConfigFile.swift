@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// The config file (`-c FILE`): one `name = value` per line, with the flags' long names
 /// (`workers = 4`, `bind = 127.0.0.1:8000`, `app = ./libblog.so`). A setting that takes

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// Where settings come from, in rising precedence: the defaults (`Settings()`), the config
 /// file (`-c`), SRV_CMD_ARGS, the flags. All three are read through `Setting.all`, so a
@@ -211,7 +215,7 @@ public enum SettingSources {
             var lines = wrap(help, width: width - column)
             let first = "  " + flags
             if first.count < column - 1 {
-                out += first.padding(toLength: column, withPad: " ", startingAt: 0) + lines.removeFirst() + "\n"
+                out += first.padded(column) + lines.removeFirst() + "\n"
             } else {
                 out += first + "\n"
             }

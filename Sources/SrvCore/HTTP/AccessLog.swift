@@ -20,10 +20,10 @@ public struct AccessLogFormat: Codable, Equatable {
         var result: [Segment] = []
         var literal = ""
         var rest = Substring(text)
-        while let start = rest.range(of: "%(") {
+        while let start = rest.firstRange(of: "%(") {
             literal += rest[..<start.lowerBound]
             let after = rest[start.upperBound...]
-            guard let close = after.range(of: ")s") else { break }
+            guard let close = after.firstRange(of: ")s") else { break }
             if !literal.isEmpty { result.append(.literal(literal)); literal = "" }
             let name = String(after[..<close.lowerBound])
             if name.hasPrefix("{"), name.hasSuffix("}i") {
@@ -109,7 +109,7 @@ public final class AccessLog {
         case "T": return String(r.durationMicros / 1_000_000)
         case "M": return String(r.durationMicros / 1000)
         case "D": return String(r.durationMicros)
-        case "L": return String(format6: Double(r.durationMicros) / 1e6)
+        case "L": return String(fixed: Double(r.durationMicros) / 1e6, decimals: 6)
         case "p": return "<\(getpid())>"
         case "id": return r.requestID
         default: return "-"
@@ -127,11 +127,3 @@ public final class AccessLog {
 }
 
 struct LogFileError: Error, CustomStringConvertible { let description: String }
-
-extension String {
-    init(format6 value: Double) {
-        let micros = Int((value * 1e6).rounded())
-        let frac = String(micros % 1_000_000)
-        self = "\(micros / 1_000_000)." + String(repeating: "0", count: 6 - frac.count) + frac
-    }
-}

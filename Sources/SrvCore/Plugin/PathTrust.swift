@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 
 /// Who may put code into srv, checked as OpenSSH's StrictModes checks a user's keys: a

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import SrvGateway
 
@@ -101,7 +105,7 @@ extension String {
         guard snapshot != original, !snapshot.isEmpty else { return self }
         var result = ""
         var rest = Substring(self)
-        while let range = rest.range(of: snapshot) {
+        while let range = rest.firstRange(of: snapshot) {
             result += rest[..<range.lowerBound] + original
             rest = rest[range.upperBound...]
         }

@@ -91,10 +91,3 @@ final class SealedFile {
     init(_ fd: CInt) { self.fd = fd }
     deinit { close(fd) }
 }
-
-extension String {
-    init(format2 byte: UInt8) {
-        let digits = Array("0123456789abcdef")
-        self = String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
-    }
-}

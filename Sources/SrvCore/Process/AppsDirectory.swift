@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import Logging
 
@@ -52,7 +56,7 @@ final class AppWatcher {
 
     func update(settings: Settings) {
         delay = settings.reloadDelay
-        var dirs = Set(settings.mounts.map { ($0.path as NSString).deletingLastPathComponent })
+        var dirs = Set(settings.mounts.map { $0.path.directoryPart })
         if let d = settings.appsDir { dirs.insert(d) }
         for d in dirs where watched[d] == nil { watch(d) }
     }

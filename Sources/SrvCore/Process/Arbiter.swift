@@ -1,5 +1,9 @@
 import CSrvSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import Logging
 
@@ -144,7 +148,7 @@ public final class Arbiter {
 
     private func cleanup() {
         if let pidFile = settings.pidFile,
-           let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingCharacters(in: .whitespacesAndNewlines) == String(getpid()) {
+           let text = try? String(contentsOfFile: pidFile, encoding: .utf8), text.trimmingWhitespace == String(getpid()) {
             unlink(pidFile)
         }
         // The status file and Unix socket files belong to the new master after USR2.

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 
 /// What `srv status` shows, written by the master to a small JSON file twice a second.
@@ -57,7 +61,7 @@ public struct ArbiterStatus: Codable {
         lines.append("workers:")
         lines.append("  PID      GEN  STATE     AGE       REQUESTS  CURRENT REQUEST")
         for w in workers {
-            let current = w.currentRequest.map { "\($0) (\(String(format: "%.3f", w.currentFor ?? 0)) s)" } ?? "-"
+            let current = w.currentRequest.map { "\($0) (\(String(fixed: w.currentFor ?? 0, decimals: 3)) s)" } ?? "-"
             lines.append("  " + [String(w.pid).padded(8), String(w.generation).padded(4), w.state.padded(9),
                                  Self.duration(w.age).padded(9), String(w.requests).padded(9), current].joined(separator: " "))
         }
@@ -65,12 +69,13 @@ public struct ArbiterStatus: Codable {
     }
 
     static func duration(_ s: Double) -> String {
-        if s < 60 { return String(format: "%.0fs", s) }
-        if s < 3600 { return String(format: "%.0fm%02.0fs", (s / 60).rounded(.down), s.truncatingRemainder(dividingBy: 60)) }
-        return String(format: "%.0fh%02.0fm", (s / 3600).rounded(.down), (s / 60).truncatingRemainder(dividingBy: 60).rounded(.down))
+        let t = Int(max(s, 0).rounded())
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        if t < 60 { return "\(t)s" }
+        if t < 3600 { return "\(t / 60)m\(two(t % 60))s" }
+        return "\(t / 3600)h\(two(t / 60 % 60))m"
     }
 }
 
 extension String {
-    func padded(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }

@@ -28,5 +28,5 @@ public struct Instant: Comparable, Hashable, CustomStringConvertible {
 
     public static func < (a: Instant, b: Instant) -> Bool { a.nanoseconds < b.nanoseconds }
 
-    public var description: String { String(format: "%.3f s", Double(nanoseconds) / 1e9) }
+    public var description: String { String(fixed: Double(nanoseconds) / 1e9, decimals: 3) + " s" }
 }

@@ -14,7 +14,7 @@ public enum BindAddress: Equatable, CustomStringConvertible {
     static let loopbackForBarePort = "127.0.0.1"
 
     public static func parse(_ text: String) -> Result<BindAddress, ParseError> {
-        if let scheme = text.range(of: "://") {
+        if let scheme = text.firstRange(of: "://") {
             return .failure(ParseError(description: "bind \"\(text)\": expected HOST:PORT, [IPv6]:PORT or unix:PATH without a scheme, found \"\(text[..<scheme.upperBound])\"; write for example -b \(text[scheme.upperBound...].prefix { $0 != "/" })"))
         }
         if text.hasPrefix("unix:") {

@@ -1,5 +1,9 @@
 import CSrvSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 
 /// Starting srv's own executable as a child (a worker, a plugin check, a new master).

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import Logging
 
@@ -170,7 +174,7 @@ public struct Supervisor {
             if number == pending {
                 fail(number, reason: "cannot start a worker: \(error)", now: now, &actions)
             } else {
-                actions.append(.log(.error, "\(error); retrying in \(String(format: "%.1f", backoffDelay)) s"))
+                actions.append(.log(.error, "\(error); retrying in \(String(fixed: backoffDelay, decimals: 1)) s"))
             }
         case .message(let pid, let message): received(message, from: pid, now: now, &actions)
         case .exited(let pid, let status, let lastRequest): exited(pid, status: status, lastRequest: lastRequest, now: now, &actions)
@@ -252,7 +256,7 @@ public struct Supervisor {
                 fail(w.generation, reason: reason, now: now, &actions)
             } else if w.generation == current, stopping == .no {
                 backOff(now: now)
-                actions.append(.log(.error, "worker \(pid) failed to boot (\(reason)); retrying in \(String(format: "%.1f", backoffDelay)) s"))
+                actions.append(.log(.error, "worker \(pid) failed to boot (\(reason)); retrying in \(String(fixed: backoffDelay, decimals: 1)) s"))
             } else {
                 actions.append(.log(.debug, "worker \(pid) exited (\(how)) while booting"))
             }
@@ -266,7 +270,7 @@ public struct Supervisor {
                 if inService {
                     var what = ""
                     if let r = lastRequest {
-                        what = " while serving \(r.described), running \(String(format: "%.3f", now.seconds(since: Instant(nanoseconds: r.started)))) s"
+                        what = " while serving \(r.described), running \(String(fixed: now.seconds(since: Instant(nanoseconds: r.started)), decimals: 3)) s"
                     }
                     actions.append(.log(.error, "worker \(pid) died with \(how)\(what); replacing it"))
                 } else {
@@ -399,7 +403,7 @@ public struct Supervisor {
                     // In a request the request's own age decides (the heartbeat may stop with it).
                     if let stuck = timedOut(w, request: r, timeout: timeout, now: now) { abort(w, stuck, now: now, &actions) }
                 } else if a.heartbeat > 0, at > a.heartbeat, Double(at - a.heartbeat) / 1e9 > timeout {
-                    abort(w, "worker \(w.pid) sent no heartbeat for \(String(format: "%.1f", Double(at - a.heartbeat) / 1e9)) s (--timeout \(timeout) s); aborting it",
+                    abort(w, "worker \(w.pid) sent no heartbeat for \(String(fixed: Double(at - a.heartbeat) / 1e9, decimals: 1)) s (--timeout \(timeout) s); aborting it",
                           now: now, &actions)
                 }
             }
@@ -410,7 +414,7 @@ public struct Supervisor {
     private func timedOut(_ w: Worker, request r: Scoreboard.Request, timeout: Double, now: Instant) -> String? {
         let ran = now.nanoseconds > r.started ? Double(now.nanoseconds - r.started) / 1e9 : 0
         guard ran > timeout else { return nil }
-        return "worker \(w.pid) timed out after \(String(format: "%.1f", ran)) s serving \(r.described) (--timeout \(timeout) s); aborting it"
+        return "worker \(w.pid) timed out after \(String(fixed: ran, decimals: 1)) s serving \(r.described) (--timeout \(timeout) s); aborting it"
     }
 
     private mutating func abort(_ w: Worker, _ why: String, now: Instant, _ actions: inout [Action]) {

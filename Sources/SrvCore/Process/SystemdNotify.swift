@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 
 /// sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET (path or abstract "@name").

@@ -1,5 +1,9 @@
 import CSrvSystem
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import Logging
 
@@ -40,7 +44,7 @@ public enum WorkerMessage {
     public var line: String {
         switch self {
         case .ready: return "READY\n"
-        case .failed(let r, let m): return "FAIL \(r) \(m.replacingOccurrences(of: "\n", with: " "))\n"
+        case .failed(let r, let m): return "FAIL \(r) \(m.replacing("\n", with: " "))\n"
         case .retire: return "RETIRE\n"
         case .loading(let m): return "LOADING \(Self.field(m))\n"
         case .app(let m, let n, let v): return "APP \([m, n, v].map(Self.field).joined(separator: "\t"))\n"
@@ -95,7 +99,7 @@ public enum WorkerProcess {
         guard let settingsJSON = env[WorkerChannel.settingsVariable], let appsJSON = env[WorkerChannel.appsVariable],
               let settings = try? JSONDecoder().decode(Settings.self, from: Data(settingsJSON.utf8)),
               let apps = try? JSONDecoder().decode([WorkerApp].self, from: Data(appsJSON.utf8)) else {
-            FileHandle.standardError.write(Data("srv worker: expected to be started by the srv master (missing \(WorkerChannel.settingsVariable)); run `srv --app FILE.so` instead\n".utf8))
+            fputs("srv worker: expected to be started by the srv master (missing \(WorkerChannel.settingsVariable)); run `srv --app FILE.so` instead\n", stderr)
             exit(2)
         }
         // Privileges go before any application code runs: load hooks run as --user too.
@@ -174,7 +178,7 @@ public enum WorkerProcess {
 
         let waitSet = signalSet
         let logs = accessLog
-        let signalThread = Thread {
+        startThread {
             var set = waitSet
             while true {
                 var sig: Int32 = 0
@@ -194,7 +198,6 @@ public enum WorkerProcess {
                 }
             }
         }
-        signalThread.start()
         server.waitUntilStopped()
         for app in mounted { app.plugin.runUnloadHook() }
         exit(0)
@@ -209,4 +212,22 @@ extension WorkerProcess {
         guard sigpending(&pending) == 0 else { return false }
         return [SIGTERM, SIGHUP, SIGINT, SIGQUIT].contains { sigismember(&pending, $0) == 1 }
     }
+}
+
+/// Runs `body` on a detached thread of its own: a plain pthread (Foundation's Thread would
+/// bring Foundation, and ICU with it, into every worker).
+private func startThread(_ body: @escaping () -> Void) {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { argument in
+        Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue().body()
+        return nil
+    }, box)
+    precondition(rc == 0, "cannot start a thread: \(String(cString: strerror(rc)))")
+    pthread_detach(thread)
+}
+
+private final class ThreadBody {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
 }
