@@ -5,7 +5,8 @@
 #     with a browser's headers to nginx and srv;
 #  2. a 1 MiB file body: srv (SRV_BODY_FILE, sendfile) against nginx serving the same file;
 #  3. srv's worker RSS idle and under load;
-#  4. 10,000 connections at once (connections.sh): nginx and srv, errors, p99, listen queue.
+#  4. 10,000 connections at once (connections.sh): nginx and srv, errors, p99, listen queue;
+#  5. recycling (recycling.sh): a worker start's CPU, and what --max-requests 1000 costs on -w 2.
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -144,3 +145,6 @@ kill "$master" 2>/dev/null
 
 echo "== 4. 10,000 keep-alive connections, wrk -t1 -c10000 --timeout 5s, ${ROUNDS_CONNECTIONS:-3} alternating rounds of nginx and srv"
 ROUNDS=${ROUNDS_CONNECTIONS:-3} "$here/connections.sh" "$secs" 10000
+
+echo "== 5. recycling: one worker start's CPU, and -w 2 throughput with --max-requests 1000 against none (${ROUNDS_RECYCLING:-3} alternating rounds)"
+ROUNDS=${ROUNDS_RECYCLING:-3} "$here/recycling.sh" "$secs"
