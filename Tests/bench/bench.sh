@@ -6,7 +6,9 @@
 #  2. a 1 MiB file body: srv (SRV_BODY_FILE, sendfile) against nginx serving the same file;
 #  3. srv's worker RSS idle and under load;
 #  4. 10,000 connections at once (connections.sh): nginx and srv, errors, p99, listen queue;
-#  5. recycling (recycling.sh): a worker start's CPU, and what --max-requests 1000 costs on -w 2.
+#  5. recycling (recycling.sh): a worker start's CPU, and what --max-requests 1000 costs on -w 2;
+#  6. head-of-line blocking (mixed.sh, mixed.c): fast requests' tail beside slow ones, srv
+#     inline and on threads against Gunicorn's sync and gthread workers.
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,16 +39,17 @@ ticks() { # pid
   echo "${t:-0}"
 }
 hz=$(getconf CLK_TCK)
+. "$here/lib.sh"
 hdrs=()  # extra request headers for wrk (section 1c)
 round() { # name port command...
   local name=$1 port=$2; shift 2
   "$@" >/dev/null 2>&1 & local pid=$!
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  wait_port "$port"
   wrk -t1 -c"$conns" -d1s "${hdrs[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
   local before; before=$(ticks "$pid")
   local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "${hdrs[@]}" "http://127.0.0.1:$port/" 2>&1)
   local after; after=$(ticks "$pid")
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  stop_server "$pid" "$port"
   local n; n=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$name $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out") $(( (after - before) * 1000000 / hz )) ${n:-1}"
 }
@@ -148,3 +151,6 @@ ROUNDS=${ROUNDS_CONNECTIONS:-3} "$here/connections.sh" "$secs" 10000
 
 echo "== 5. recycling: one worker start's CPU, and -w 2 throughput with --max-requests 1000 against none (${ROUNDS_RECYCLING:-3} alternating rounds)"
 ROUNDS=${ROUNDS_RECYCLING:-3} "$here/recycling.sh" "$secs"
+
+echo "== 6. head-of-line blocking: -w 2, 1000 fast requests/s beside 10/s that block 50 ms, open loop (${ROUNDS_MIXED:-3} alternating rounds)"
+ROUNDS=${ROUNDS_MIXED:-3} "$here/mixed.sh" "$secs"

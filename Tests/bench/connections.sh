@@ -15,6 +15,7 @@ need=$((conns + 1000))
 if [ "$(ulimit -n)" -lt "$need" ]; then ulimit -n "$need" 2>/dev/null || { echo "skipped: wrk needs ulimit -n $need (it is $(ulimit -n))"; exit 0; }; fi
 server_cpu=(); client_cpu=()
 if [ "$(nproc)" -ge 2 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
+. "$here/lib.sh"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 cat > "$tmp/nginx.conf" <<CONF
@@ -35,11 +36,11 @@ CONF
 round() { # name port command...
   local name=$1 port=$2; shift 2
   "${server_cpu[@]}" "$@" >"$tmp/$name.log" 2>&1 & local pid=$!
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  wait_port "$port"
   "${client_cpu[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency "http://127.0.0.1:$port/" >"$tmp/wrk" 2>&1 & local w=$!
   local q=""
   for _ in 1 2 3 4 5 6 7 8; do sleep 0.25; q="$q$(ss -Hltn "sport = :$port" | awk '{print $2}'),"; done
-  wait "$w"; kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  wait "$w"; stop_server "$pid" "$port"
   local errs; errs=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$tmp/wrk")
   echo "$name $(awk '/Requests\/sec/ {print $2}' "$tmp/wrk") $(awk '$1=="99%" {print $2}' "$tmp/wrk") ${errs:-0} ${q%,}"
 }

@@ -13,18 +13,19 @@ secs=${1:-10}; n=${2:-200}; rounds=${ROUNDS:-3}
 srv="$root/.build/release/srv"
 app="$root/build/plugins/libhello.so"
 hz=$(getconf CLK_TCK)
+. "$here/lib.sh"
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT
-wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
 cpu() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 
-"$srv" --app "$app" -b 127.0.0.1:18094 -w 1 --max-requests 1 --log-level error >/dev/null 2>&1 & master=$!
+"$srv" --app "$app" -b 127.0.0.1:18094 -w 1 --max-requests 1 --log-level error >/dev/null 2>&1 & started=$!
 wait_port 18094
+master=$(pgrep -f -n "^$srv --app $app -b 127.0.0.1:18094")  # the master, whatever $! is
 sleep 1
 before=$(cpu "$master")
 for _ in $(seq "$n"); do curl -s -o /dev/null http://127.0.0.1:18094/; done
 sleep 1  # the last replacement boots and is reaped into cutime
 after=$(cpu "$master")
-kill "$master"; wait "$master" 2>/dev/null
+stop_server "$started" 18094
 awk -v t=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN { printf "a. one worker start (and its one request): %.1f ms of CPU, master and worker together (%d starts)\n", t * 1000 / hz / n, n }'
 
 round() { # label args...
@@ -33,7 +34,7 @@ round() { # label args...
   wait_port 18095
   wrk -t1 -c64 -d1s http://127.0.0.1:18095/ >/dev/null 2>&1
   local out; out=$(wrk -t1 -c64 -d"${secs}s" --latency http://127.0.0.1:18095/ 2>&1)
-  kill "$m"; wait "$m" 2>/dev/null
+  stop_server "$m" 18095
   local errs; errs=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
   echo "$label $(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out") ${errs:-0}"
 }
