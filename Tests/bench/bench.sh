@@ -8,7 +8,8 @@
 #  4. 10,000 connections at once (connections.sh): nginx and srv, errors, p99, listen queue;
 #  5. recycling (recycling.sh): a worker start's CPU, and what --max-requests 1000 costs on -w 2;
 #  6. head-of-line blocking (mixed.sh, mixed.c): fast requests' tail beside slow ones, srv
-#     inline and on threads against Gunicorn's sync and gthread workers.
+#     inline and on threads against Gunicorn's sync and gthread workers;
+#  7. instructions per request (instructions.sh): srv and nginx under callgrind, same client.
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -154,3 +155,6 @@ ROUNDS=${ROUNDS_RECYCLING:-3} "$here/recycling.sh" "$secs"
 
 echo "== 6. head-of-line blocking: -w 2, 1000 fast requests/s beside 10/s that block 50 ms, open loop (${ROUNDS_MIXED:-3} alternating rounds)"
 ROUNDS=${ROUNDS_MIXED:-3} "$here/mixed.sh" "$secs"
+
+echo "== 7. user-space instructions per request (callgrind), srv beside nginx, hello and browser-sized"
+"$here/instructions.sh"
