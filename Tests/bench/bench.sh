@@ -13,10 +13,8 @@
 # Peer setups are peers/ (a copy of the team's shared/peers). Usage: bench.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 secs=${1:-10}; conns=${2:-64}
-srv="$root/.build/release/srv"
-plugins="$root/build/plugins"
+. "$here/lib.sh"
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "== 1. hello world, keep-alive, wrk -t1 -c$conns -d${secs}s"
 "$here/peers/bench.sh" "$secs" "$conns" "$srv --app $plugins/libhello.so -b 127.0.0.1:18080 -w 1 --log-level warning"
@@ -40,7 +38,6 @@ ticks() { # pid
   echo "${t:-0}"
 }
 hz=$(getconf CLK_TCK)
-. "$here/lib.sh"
 hdrs=()  # extra request headers for wrk (section 1c)
 round() { # name port command...
   local name=$1 port=$2; shift 2
@@ -84,13 +81,7 @@ summarize "$rows"
 
 # Hello world has one header; real browsers send a dozen, which every server must parse.
 echo "== 1c. a browser's request (11 more headers, 560 bytes), ${ROUNDS_BROWSER:-3} alternating rounds of nginx and srv, ${secs}s each; medians"
-hdrs=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-      -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-      -H "Accept-Language: en-US,en;q=0.5" -H "Accept-Encoding: gzip, deflate, br, zstd"
-      -H "Referer: https://example.com/blog/posts/2026/11/hello-world"
-      -H "Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark; _ga=GA1.2.1234567890.1700000000"
-      -H "Upgrade-Insecure-Requests: 1" -H "Sec-Fetch-Dest: document" -H "Sec-Fetch-Mode: navigate"
-      -H "Sec-Fetch-Site: same-origin" -H "Priority: u=0, i")
+hdrs=("${browser_headers[@]}")
 rows=$(for r in $(seq "${ROUNDS_BROWSER:-3}"); do
   round nginx 18081 nginx -c "$here/peers/nginx/nginx.conf"
   round srv 18080 "$srv" --app "$plugins/libhello.so" -b 127.0.0.1:18080 -w 1 --log-level warning

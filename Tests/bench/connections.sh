@@ -7,15 +7,12 @@
 # Usage: connections.sh [SECONDS] [CONNECTIONS]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 secs=${1:-10}; conns=${2:-10000}; rounds=${ROUNDS:-3}
-srv="$root/.build/release/srv"
-plugins="$root/build/plugins"
+. "$here/lib.sh"
 need=$((conns + 1000))
 if [ "$(ulimit -n)" -lt "$need" ]; then ulimit -n "$need" 2>/dev/null || { echo "skipped: wrk needs ulimit -n $need (it is $(ulimit -n))"; exit 0; }; fi
 server_cpu=(); client_cpu=()
 if [ "$(nproc)" -ge 2 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
-. "$here/lib.sh"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 cat > "$tmp/nginx.conf" <<CONF

@@ -7,12 +7,10 @@
 # Usage: mixed.sh [SECONDS] [FAST] [SLOW]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 secs=${1:-10}; fast=${2:-1000}; slow=${3:-10}; rounds=${ROUNDS:-3}
-srv="$root/.build/release/srv"
-app="$root/build/plugins/libconformance.so"
-tmp=$(mktemp -d)
 . "$here/lib.sh"
+app="$plugins/libconformance.so"
+tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 cc -O2 -o "$tmp/mixed" "$here/mixed.c" || { echo "mixed.c did not build"; exit 1; }
 round() { # name port command...

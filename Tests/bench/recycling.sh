@@ -8,12 +8,10 @@
 # Usage: recycling.sh [SECONDS] [N]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 secs=${1:-10}; n=${2:-200}; rounds=${ROUNDS:-3}
-srv="$root/.build/release/srv"
-app="$root/build/plugins/libhello.so"
-hz=$(getconf CLK_TCK)
 . "$here/lib.sh"
+app="$plugins/libhello.so"
+hz=$(getconf CLK_TCK)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT
 cpu() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 

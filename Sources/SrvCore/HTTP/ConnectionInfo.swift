@@ -79,12 +79,3 @@ final class ConnectionInfo {
         return copy
     }
 }
-
-extension Substring {
-    var trimmingSpaces: String {
-        String(self.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
-    }
-}
-extension String {
-    var trimmingSpaces: String { Substring(self).trimmingSpaces }
-}

@@ -76,6 +76,3 @@ public struct ArbiterStatus: Codable {
         return "\(t / 3600)h\(two(t / 60 % 60))m"
     }
 }
-
-extension String {
-}
